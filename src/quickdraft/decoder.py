@@ -1,0 +1,101 @@
+"""The decoder loop: prefill, then steps of draft -> one target pass -> verify -> commit -> observe.
+
+Knows nothing about model architectures, tokenizers or method names. Invariants:
+  * Every new token is committed by the verifier from target logits, so output is lossless
+    whatever the drafter proposes (greedy: token for token equal to plain decoding).
+  * The drafter only ever sees committed tokens and the verdict; it cannot change the output.
+  * Randomness comes only from the per-request generator built from params.seed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from . import tree
+from .errors import QuickdraftError
+from .sampling import check_params
+from .types import Drafter, SamplingParams, Stats
+from .verify import Verifier
+
+
+@dataclass
+class Generation:
+    tokens: list[int]  # generated token ids (prompt excluded)
+    stats: Stats
+    finish_reason: str  # "eos", "length", "stop" (a callback asked to stop) or "context"
+    budgets: list[int] = field(default_factory=list)
+
+
+# on_tokens(new_tokens) -> True to stop; sees every committed token once, in order.
+TokenCallback = Callable[[list[int]], bool]
+
+
+class Decoder:
+    def __init__(self, backend, drafter: Drafter, verifier: Verifier | None = None,
+                 eos_ids: Sequence[int] = ()) -> None:
+        self.backend = backend
+        self.drafter = drafter
+        self.verifier = verifier or Verifier()
+        self.eos_ids = set(int(e) for e in eos_ids)
+
+    def generate(self, prompt: Sequence[int], params: SamplingParams, budget: int,
+                 on_tokens: TokenCallback | None = None) -> Generation:
+        """Generate after `prompt` (token ids, non-empty). `budget`: max draft nodes per step."""
+        check_params(params)
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise QuickdraftError("the prompt is empty; give some text to continue")
+        ctx = self.backend.max_context
+        if len(prompt) >= ctx:
+            raise QuickdraftError(
+                f"the prompt has {len(prompt)} tokens but the model's context is {ctx}; shorten the prompt")
+        rng = torch.Generator()
+        rng.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        stats = Stats(prompt_tokens=len(prompt))
+        drafter = self.drafter
+
+        t0 = time.perf_counter()
+        drafter.start(prompt)
+        logits = self.backend.prefill(prompt[:-1], want_logits=drafter.needs_prefill_logits)
+        drafter.observe_prefill(torch.tensor(prompt[:-1], dtype=torch.long), logits)
+        t1 = time.perf_counter()
+        stats.prefill_s = t1 - t0
+
+        seq = list(prompt)
+        out: list[int] = []
+        reason = "length"
+        while True:
+            room = min(params.max_new_tokens - len(out), ctx - len(seq))
+            if room <= 0:
+                reason = "length" if len(out) >= params.max_new_tokens else "context"
+                break
+            # The pass adds root + n nodes to the cache; keep it inside the context.
+            draft = tree.truncate(drafter.propose(seq, budget), max(0, min(budget, ctx - len(seq) - 1)))
+            logits = self.backend.score(seq[-1], draft)  # [n+1, V]
+            verdict = self.verifier.verify(draft, logits, params, rng)
+            self.backend.commit(verdict.path)
+            drafter.observe(seq[-1], draft, logits, verdict)
+            new = verdict.tokens[:room]
+            for i, t in enumerate(new):
+                if t in self.eos_ids:
+                    new = new[: i + 1]
+                    reason = "eos"
+                    break
+            seq.extend(new)
+            out.extend(new)
+            stats.steps += 1
+            stats.drafted.append(draft.size)
+            stats.accepted_lengths.append(len(new))
+            stop = on_tokens(new) if on_tokens is not None else False
+            if reason == "eos":
+                break
+            if stop:
+                reason = "stop"
+                break
+        stats.decode_s = time.perf_counter() - t1
+        stats.new_tokens = len(out)
+        return Generation(out, stats, reason)

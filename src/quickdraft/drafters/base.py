@@ -1,0 +1,29 @@
+"""Default no-op hooks shared by drafters that need only some of the protocol."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor
+
+from ..types import Draft, Verdict
+
+
+class BaseDrafter:
+    needs_prefill_logits = False
+
+    def start(self, prompt: Sequence[int]) -> None:
+        pass
+
+    def observe_prefill(self, tokens: Tensor, logits: Tensor | None) -> None:
+        pass
+
+    def propose(self, seq: Sequence[int], budget: int) -> Draft:
+        return Draft.empty()
+
+    def observe(self, root: int, draft: Draft, logits: Tensor, verdict: Verdict) -> None:
+        pass
+
+    def default_budget(self) -> int:
+        """The most nodes this drafter proposes with its config (the decoder's per-step budget)."""
+        return 0

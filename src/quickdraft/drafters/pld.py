@@ -1,0 +1,99 @@
+"""`pld`: prompt lookup decoding (Saxena 2023; ALGORITHMS.md A.5) with an incremental n-gram index.
+
+For n = max_ngram .. min_ngram, the last n tokens are looked up among earlier n-grams of the
+context (prompt + committed output); the first n that matches proposes the tokens that followed
+that occurrence as a chain. The index maps each n-gram to where it ended, and only n-grams that
+have a continuation are indexed, so each step costs O(new tokens), not a rescan of the context.
+`ngram_lookup_reference` is the slow rescan kept beside it and tested against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .. import tree
+from ..errors import QuickdraftError
+from ..types import Draft
+from . import register
+from .base import BaseDrafter
+
+
+class NgramIndex:
+    """n-gram -> end position of its most recent (or earliest) occurrence with a continuation."""
+
+    def __init__(self, sizes: Sequence[int], latest: bool = True) -> None:
+        self.sizes = tuple(sorted(set(sizes), reverse=True))
+        self.latest = latest
+        self.tables: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
+        self.indexed = 0  # n-grams ending before this position are indexed
+
+    def reset(self) -> None:
+        for t in self.tables.values():
+            t.clear()
+        self.indexed = 0
+
+    def update(self, seq: Sequence[int]) -> None:
+        """Index every n-gram ending at j for j < len(seq) - 1 (those have a continuation)."""
+        for j in range(self.indexed, len(seq) - 1):
+            for n in self.sizes:
+                if j + 1 >= n:
+                    key = tuple(seq[j + 1 - n: j + 1])
+                    if self.latest:
+                        self.tables[n][key] = j
+                    else:
+                        self.tables[n].setdefault(key, j)
+        self.indexed = max(self.indexed, len(seq) - 1)
+
+    def lookup(self, seq: Sequence[int], num_pred: int) -> list[int]:
+        """Tokens following an earlier occurrence of the longest matching suffix of seq."""
+        for n in self.sizes:
+            if len(seq) < n + 1:
+                continue
+            j = self.tables[n].get(tuple(seq[len(seq) - n:]))
+            if j is not None:
+                return list(seq[j + 1: j + 1 + num_pred])
+        return []
+
+
+def ngram_lookup_reference(seq: Sequence[int], sizes: Sequence[int], num_pred: int, latest: bool = True) -> list[int]:
+    """Slow reference: rescan the whole context for the longest matching suffix."""
+    for n in sorted(set(sizes), reverse=True):
+        if len(seq) < n + 1:
+            continue
+        suffix = list(seq[len(seq) - n:])
+        ends = [j for j in range(n - 1, len(seq) - 1) if list(seq[j + 1 - n: j + 1]) == suffix]
+        if ends:
+            j = ends[-1] if latest else ends[0]
+            return list(seq[j + 1: j + 1 + num_pred])
+    return []
+
+
+@register("pld")
+class PromptLookup(BaseDrafter):
+    @dataclass(frozen=True)
+    class Config:
+        max_ngram: int = 3  # longest suffix looked up
+        min_ngram: int = 1  # shortest suffix looked up
+        num_pred: int = 10  # tokens proposed after a match (chain length)
+        latest: bool = True  # use the most recent occurrence (False: the earliest, as the reference code)
+
+        def validate(self) -> None:
+            if not 1 <= self.min_ngram <= self.max_ngram:
+                raise QuickdraftError("pld needs 1 <= min_ngram <= max_ngram; fix --set min_ngram/max_ngram")
+            if self.num_pred < 1:
+                raise QuickdraftError("pld needs num_pred >= 1; fix --set num_pred")
+
+    def __init__(self, config: "PromptLookup.Config", **env) -> None:
+        self.config = config
+        self.index = NgramIndex(range(config.min_ngram, config.max_ngram + 1), config.latest)
+
+    def default_budget(self) -> int:
+        return self.config.num_pred
+
+    def start(self, prompt: Sequence[int]) -> None:
+        self.index.reset()
+
+    def propose(self, seq: Sequence[int], budget: int) -> Draft:
+        self.index.update(seq)
+        return tree.chain(self.index.lookup(seq, min(budget, self.config.num_pred)))

@@ -1,0 +1,156 @@
+"""`recycling`: Token Recycling (Luo et al., ACL 2025; ALGORITHMS.md item 1).
+
+State: an adjacency matrix M [V, k] (int64, -1 = unknown) whose row v holds the target's top-k
+next tokens the last time v was an input. Every scored position updates its row (root, all draft
+nodes including rejected ones, and the prompt at prefill), and M persists across the requests of
+one engine (hot start). Drafting fills a static tree template layer by layer with one gather per
+layer: a node of rank r under a parent with token t gets token M[t, r].
+
+The template is the best-first tree for the per-rank acceptance probabilities `rank_probs`: the
+`nodes` nodes with the highest product of probabilities along their path (Sequoia/EAGLE-style).
+`template_reference` is the slow obvious enumeration kept beside it and tested against it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import QuickdraftError
+from ..types import Draft, Verdict
+from . import register
+from .base import BaseDrafter
+
+
+def best_first_template(nodes: int, rank_probs: Sequence[float], max_depth: int) -> list[tuple[int, int]]:
+    """[(parent, rank)] of the `nodes` highest-value nodes in BFS order; parent -1 = root.
+
+    Value of a node = product of rank_probs[rank] along its path from the root.
+    """
+    # heap of (-value, tiebreak, parent_id, rank, depth); ids index `chosen`
+    counter = itertools.count()
+    heap = [(-rank_probs[r], next(counter), -1, r, 1) for r in range(len(rank_probs))]
+    heapq.heapify(heap)
+    chosen: list[tuple[int, int, int, float]] = []  # (parent, rank, depth, value)
+    while heap and len(chosen) < nodes:
+        negv, _, parent, rank, depth = heapq.heappop(heap)
+        me = len(chosen)
+        chosen.append((parent, rank, depth, -negv))
+        if depth < max_depth:
+            for r in range(len(rank_probs)):
+                heapq.heappush(heap, (negv * rank_probs[r], next(counter), me, r, depth + 1))
+    # BFS order: by depth, then by (parent's new index, rank).
+    order = sorted(range(len(chosen)), key=lambda i: (chosen[i][2], 0))
+    new = {-1: -1}
+    out: list[tuple[int, int]] = []
+    for depth in sorted({c[2] for c in chosen}):
+        layer = [i for i in order if chosen[i][2] == depth]
+        layer.sort(key=lambda i: (new[chosen[i][0]], chosen[i][1]))
+        for i in layer:
+            new[i] = len(out)
+            out.append((new[chosen[i][0]], chosen[i][1]))
+    return out
+
+
+def template_reference(nodes: int, rank_probs: Sequence[float], max_depth: int) -> set[tuple[int, ...]]:
+    """Slow reference: enumerate every rank path up to max_depth, keep the `nodes` most valuable."""
+    paths = []
+    for d in range(1, max_depth + 1):
+        for path in itertools.product(range(len(rank_probs)), repeat=d):
+            v = 1.0
+            for r in path:
+                v *= rank_probs[r]
+            paths.append((v, path))
+    paths.sort(key=lambda x: -x[0])
+    return {p for _, p in paths[:nodes]}
+
+
+def template_paths(template: list[tuple[int, int]]) -> set[tuple[int, ...]]:
+    """Rank path of every template node (for tests and docs)."""
+    paths: list[tuple[int, ...]] = []
+    for parent, rank in template:
+        paths.append((paths[parent] if parent >= 0 else ()) + (rank,))
+    return set(paths)
+
+
+@register("recycling")
+class TokenRecycling(BaseDrafter):
+    needs_prefill_logits = True
+
+    @dataclass(frozen=True)
+    class Config:
+        nodes: int = 24  # tree size; chosen from the verify-cost curve measured here (docs/verify_cost.md)
+        k: int = 8  # top-k successors stored per token (columns of M)
+        max_depth: int = 6  # deepest level of the template
+        # acceptance probability of the rank-r successor, shapes the template (measured, see docs)
+        rank_probs: tuple[float, ...] = (0.50, 0.16, 0.07, 0.04, 0.025, 0.02, 0.015, 0.01)
+
+        def validate(self) -> None:
+            if self.nodes < 1 or self.k < 1 or self.max_depth < 1:
+                raise QuickdraftError("recycling needs nodes, k and max_depth >= 1; fix --set")
+            if not self.rank_probs or any(not 0 < p <= 1 for p in self.rank_probs):
+                raise QuickdraftError("recycling rank_probs must be numbers in (0, 1]; fix --set rank_probs")
+
+    def __init__(self, config: "TokenRecycling.Config", vocab_size: int = 0, **env) -> None:
+        if vocab_size <= 0:
+            raise ValueError("TokenRecycling needs the vocab size")
+        self.config = config
+        self.k = config.k
+        self.adjacency = torch.full((vocab_size, self.k), -1, dtype=torch.long)  # [V, k]
+        probs = config.rank_probs[: self.k]
+        tmpl = best_first_template(config.nodes, probs, config.max_depth)
+        self.t_parent = torch.tensor([p for p, _ in tmpl], dtype=torch.long)  # [N]
+        self.t_rank = torch.tensor([r for _, r in tmpl], dtype=torch.long)  # [N]
+        depth = []
+        for p, _ in tmpl:
+            depth.append(1 if p < 0 else depth[p] + 1)
+        self.t_depth = torch.tensor(depth, dtype=torch.long)
+        # contiguous node ranges per depth (BFS order)
+        self.layers: list[tuple[int, int]] = []
+        for d in range(1, max(depth) + 1):
+            idx = (self.t_depth == d).nonzero().flatten()
+            self.layers.append((int(idx[0]), int(idx[-1]) + 1))
+
+    def default_budget(self) -> int:
+        return self.config.nodes
+
+    def _harvest(self, tokens: Tensor, logits: Tensor) -> None:
+        """M[tokens] = top-k of logits; tokens [m], logits [m, V]."""
+        if tokens.numel() == 0:
+            return
+        top = torch.topk(logits, self.k, dim=-1).indices  # [m, k]
+        self.adjacency[tokens] = top
+
+    def observe_prefill(self, tokens: Tensor, logits: Tensor | None) -> None:
+        if logits is not None:
+            for s in range(0, tokens.numel(), 256):  # chunks bound the top-k's scratch memory
+                self._harvest(tokens[s:s + 256], logits[s:s + 256])
+
+    def propose(self, seq: Sequence[int], budget: int) -> Draft:
+        n = self.t_parent.numel()
+        tokens = torch.empty(n, dtype=torch.long)  # [N]
+        for lo, hi in self.layers:
+            par = self.t_parent[lo:hi]
+            if lo == 0:
+                parent_tok = torch.full((hi - lo,), int(seq[-1]), dtype=torch.long)
+            else:
+                parent_tok = tokens[par]
+            # an unknown parent (-1) stays unknown below it
+            tokens[lo:hi] = torch.where(parent_tok >= 0, self.adjacency[parent_tok.clamp(min=0), self.t_rank[lo:hi]], -1)
+        valid = tokens >= 0  # [N]; an invalid node's subtree is invalid too
+        if not bool(valid.all()):
+            new_index = torch.cumsum(valid.long(), 0) - 1  # [N]
+            parents = torch.where(self.t_parent >= 0, new_index[self.t_parent.clamp(min=0)], -1)
+            tokens, parents = tokens[valid], parents[valid]
+        else:
+            parents = self.t_parent
+        return Draft(tokens[:budget], parents[:budget])
+
+    def observe(self, root: int, draft: Draft, logits: Tensor, verdict: Verdict) -> None:
+        inputs = torch.cat([torch.tensor([root], dtype=torch.long), draft.tokens])  # [n+1]
+        self._harvest(inputs, logits)

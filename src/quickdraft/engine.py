@@ -1,0 +1,138 @@
+"""The engine: one loaded model, its tokenizer, and one drafter instance per method.
+
+This is the edge where text lives: chat templates, detokenization, stop strings and streaming.
+The decoder underneath works on token ids only. Drafters are created once per engine and method,
+so state such as Token Recycling's adjacency matrix carries across requests of one engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import drafters
+from .backend import HFBackend
+from .decoder import Decoder, Generation
+from .errors import QuickdraftError
+from .types import SamplingParams
+
+
+@dataclass
+class Reply:
+    text: str
+    generation: Generation
+
+
+class TextStream:
+    """Incremental detokenizer: feed token ids, get the new text (never a split UTF-8 char)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.emitted = 0  # characters of the decoded text already handed out
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+
+    def push(self, tokens: list[int]) -> str:
+        self.tokens.extend(tokens)
+        text = self.text()
+        if text.endswith("\ufffd"):  # incomplete multi-byte character: wait for more tokens
+            return ""
+        new = text[self.emitted:]
+        self.emitted = len(text)
+        return new
+
+
+class Engine:
+    def __init__(self, model, tokenizer, name: str = "model") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.backend = HFBackend(model)
+        self._drafters: dict[tuple[str, tuple[str, ...]], object] = {}
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+
+    @classmethod
+    def load(cls, model: str, dtype: torch.dtype) -> "Engine":
+        from .models import load
+
+        m, tok, name = load(model, dtype)
+        return cls(m, tok, name)
+
+    # --- prompts ---------------------------------------------------------------------------
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode(self, prompt: str, chat: bool = True) -> list[int]:
+        """Token ids of the prompt; with chat, as one user turn plus the assistant header."""
+        if not prompt.strip():
+            raise QuickdraftError("the prompt is empty; give some text (or '-' to read stdin)")
+        if chat and self.has_chat_template:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def encode_turns(self, messages: list[dict]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    # --- generation ------------------------------------------------------------------------
+    def drafter(self, method: str, settings: list[str] | None = None):
+        key = (method, tuple(settings or ()))
+        if key not in self._drafters:
+            self._drafters[key] = drafters.create(method, list(settings or []), vocab_size=self.backend.vocab_size)
+        return self._drafters[key]
+
+    def generate_ids(self, prompt_ids: list[int], method: str = "ar", params: SamplingParams = SamplingParams(),
+                     settings: list[str] | None = None, budget: int | None = None,
+                     on_text: Callable[[str], None] | None = None) -> Reply:
+        """Generate after prompt_ids; stream text pieces to on_text; honour stop strings."""
+        drafter = self.drafter(method, settings)
+        decoder = Decoder(self.backend, drafter, eos_ids=self.eos_ids)
+        stream = TextStream(self.tokenizer)
+        held = ""  # text withheld because it might be the start of a stop string
+        stopped_at: list[int] = []
+
+        def on_tokens(new: list[int]) -> bool:
+            nonlocal held
+            piece = stream.push(new)
+            if params.stop:
+                text = held + piece
+                for s in params.stop:
+                    i = text.find(s)
+                    if i >= 0:
+                        if on_text and i:
+                            on_text(text[:i])
+                        stopped_at.append(len(stream.tokens))
+                        return True
+                keep = max((len(s) - 1 for s in params.stop), default=0)
+                cut = max(0, len(text) - keep)
+                piece, held = text[:cut], text[cut:]
+            if on_text and piece:
+                on_text(piece)
+            return False
+
+        gen = decoder.generate(prompt_ids, params, budget if budget is not None else drafter.default_budget(), on_tokens)
+        text = stream.text()
+        if stopped_at:
+            i = min(text.find(s) for s in params.stop if s in text)
+            text = text[:i]
+        elif held and on_text:
+            on_text(held)
+        return Reply(text, gen)
+
+    def generate(self, prompt: str, method: str = "ar", params: SamplingParams = SamplingParams(),
+                 chat: bool = True, **kwargs) -> Reply:
+        return self.generate_ids(self.encode(prompt, chat), method, params, **kwargs)

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny seeded models built in-process (fp32, no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
+
+VOCAB = 96
+
+
+def tiny_model(kind: str, seed: int = 0, sliding_window: int = 6):
+    """A tiny random causal LM in fp32. init std 0.3 gives peaked, repetitive predictions, so
+    drafters get accepted often and the tree/commit paths are really exercised."""
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  initializer_range=0.3, bos_token_id=0, eos_token_id=1, pad_token_id=None)
+    torch.manual_seed(seed)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif kind == "gemma3":
+        cfg = Gemma3TextConfig(**common, head_dim=16, sliding_window=sliding_window,
+                               layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+        model = Gemma3ForCausalLM(cfg)
+    else:
+        raise ValueError(kind)
+    model.config._attn_implementation = "sdpa"
+    return model.eval().to(torch.float32)
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2", "gemma3"])
+def any_model(request):
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def llama():
+    return tiny_model("llama")
