@@ -39,3 +39,32 @@ def any_model(request):
 @pytest.fixture(scope="session")
 def llama():
     return tiny_model("llama")
+
+
+def make_tokenizer():
+    """A word-level tokenizer over VOCAB tokens: 'w0' .. 'wN', with <s>/</s> and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2}
+    for i in range(3, VOCAB):
+        vocab[f"w{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}{% if add_generation_prompt %}w5{% endif %}"
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A local Hugging Face model folder (tiny Llama + tokenizer), as a user could pass to --model."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_model("llama", seed=1)
+    model.config.max_position_embeddings = 64
+    model.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path

@@ -8,14 +8,14 @@ Invariants:
     otherwise sampling is no longer lossless).
   * Processing order: temperature, then top-k, then top-p (nucleus) on the top-k-filtered
     distribution, then renormalise. This is the order Hugging Face `generate` uses.
-  * top-k keeps every token whose logit is >= the k-th largest (ties at the boundary are all kept, so
-    the result never depends on sort tie-breaking). top-p keeps the smallest prefix of the tokens
-    sorted by probability whose mass is >= top_p; the most likely token is always kept.
+  * top-k keeps every token whose logit is >= the k-th largest. top-p keeps the smallest prefix of
+    the tokens sorted by probability whose mass is >= top_p (the most likely token is always kept).
+    Both keep every token tied with the last one kept, so results never depend on sort tie-breaking.
   * temperature 0 means greedy: `probs` returns a point mass on the argmax (first index on ties).
   * Randomness comes only from the torch.Generator the caller passes in.
 
-Each fast path has a slow, obviously-correct reference beside it (`probs_reference`), written in
-plain Python over float64 and tested against it.
+Each fast path has a slow, obviously-correct reference beside it and tested against it:
+`probs_reference` (plain Python over float64) and `sample_reference` (torch.multinomial).
 """
 
 from __future__ import annotations
@@ -61,14 +61,28 @@ def probs(logits: Tensor, params: SamplingParams) -> Tensor:
         x = x.masked_fill(x < kth, float("-inf"))
     out = torch.softmax(x, dim=-1)  # [.., V]
     if params.top_p < 1.0:
-        sorted_p, order = torch.sort(out, dim=-1, descending=True, stable=True)  # [.., V] each
-        csum = torch.cumsum(sorted_p, dim=-1)  # [.., V]
-        before = torch.cat([torch.zeros_like(csum[..., :1]), csum[..., :-1]], dim=-1)  # [.., V] mass before
-        drop_sorted = before >= params.top_p  # [.., V]; the top token has before == 0, always kept
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)  # [.., V]
-        out = out.masked_fill(drop, 0.0)
-        out = out / out.sum(-1, keepdim=True)
+        out = _nucleus(out, params.top_p)
     return out
+
+
+_NUCLEUS_K = 256  # the nucleus is looked for among the top 256 tokens first; a full sort otherwise
+
+
+def _nucleus(prob: Tensor, top_p: float) -> Tensor:
+    """prob [.., V] with everything below the top-p cut zeroed, renormalised."""
+    V = prob.shape[-1]
+    # Sorting V ~ 150k floats costs ~15 ms on CPU; the nucleus almost always sits in the top few
+    # hundred tokens, where topk is ~30x cheaper. Both give the same sorted prefix, hence the same cut.
+    vals = torch.topk(prob, min(V, _NUCLEUS_K), dim=-1).values  # [.., k] descending
+    csum = torch.cumsum(vals, dim=-1)  # [.., k]
+    if vals.shape[-1] < V and bool((csum[..., -1] < top_p).any()):
+        vals = torch.sort(prob, dim=-1, descending=True).values  # [.., V]
+        csum = torch.cumsum(vals, dim=-1)
+    before = torch.cat([torch.zeros_like(csum[..., :1]), csum[..., :-1]], dim=-1)  # [.., k] mass before
+    keep = (before < top_p).sum(-1, keepdim=True)  # [.., 1] >= 1: the top token has before == 0
+    tau = vals.gather(-1, keep - 1)  # [.., 1] probability of the last kept token
+    out = prob.masked_fill(prob < tau, 0.0)  # ties with the last kept token are kept too
+    return out / out.sum(-1, keepdim=True)
 
 
 def probs_reference(logits: Tensor, params: SamplingParams) -> Tensor:
@@ -91,28 +105,62 @@ def probs_reference(logits: Tensor, params: SamplingParams) -> Tensor:
         s = sum(e)
         pr = [v / s for v in e]
         if params.top_p < 1.0:
-            order = sorted(range(V), key=lambda i: -pr[i])  # stable: ties keep index order
-            mass = 0.0
-            kept = set()
-            for i in order:
+            mass, tau = 0.0, 0.0
+            for v in sorted(pr, reverse=True):  # walk down until the kept mass reaches top_p
                 if mass >= params.top_p:
                     break
-                kept.add(i)
-                mass += pr[i]
-            pr = [pr[i] if i in kept else 0.0 for i in range(V)]
+                tau = v
+                mass += v
+            pr = [v if v >= tau else 0.0 for v in pr]
             s = sum(pr)
             pr = [v / s for v in pr]
         rows.append(pr)
     return torch.tensor(rows, dtype=torch.float64).reshape(logits.shape)
 
 
+_BLOCK = 1024  # sample() picks a block of this many tokens, then a token inside it
+
+
 def sample(prob: Tensor, rng: torch.Generator | None) -> int:
-    """One token drawn from prob [V] (need not be normalised) with the caller's generator."""
+    """One token drawn from prob [V] (non-negative, need not be normalised) with the caller's generator.
+
+    Inverse CDF in float64 over two levels (block, then token in the block): one uniform, ~0.1 ms at
+    V = 150k, where torch.multinomial draws V exponentials (~4 ms). `sample_reference` is the
+    multinomial version; they agree in distribution, not draw for draw. A token of probability 0 is
+    never returned: the chosen token is the first whose running sum exceeds the uniform point, so
+    its own mass is > 0.
+    """
+    device = rng.device if rng is not None else prob.device
+    w = prob.detach().to(device=device, dtype=torch.float64).flatten()  # [V]
+    V = w.numel()
+    pad = (-V) % _BLOCK
+    if pad:
+        w = torch.cat([w, w.new_zeros(pad)])
+    blocks = w.view(-1, _BLOCK)  # [nb, B]
+    cum_blocks = blocks.sum(1).cumsum(0)  # [nb]
+    x = torch.rand((), generator=rng, dtype=torch.float64, device=device) * cum_blocks[-1]
+    b = int(torch.searchsorted(cum_blocks, x, right=True))
+    if b >= blocks.shape[0]:  # x rounded up to the total: take the last block with mass
+        b = int(torch.nonzero(blocks.sum(1) > 0)[-1])
+    if b > 0:
+        x = x - cum_blocks[b - 1]
+    cum = blocks[b].cumsum(0)  # [B]
+    i = int(torch.searchsorted(cum, x, right=True))
+    if i >= _BLOCK:  # block sum and cumsum round differently: take the block's last token with mass
+        i = int(torch.nonzero(blocks[b] > 0)[-1])
+    return b * _BLOCK + i
+
+
+def sample_reference(prob: Tensor, rng: torch.Generator | None) -> int:
+    """Slow reference for `sample`: torch.multinomial with the caller's generator."""
     if rng is not None and prob.device != rng.device:
         prob = prob.to(rng.device)
-    return int(torch.multinomial(prob, 1, generator=rng).item())
+    return int(torch.multinomial(prob.double(), 1, generator=rng).item())
 
 
 def greedy(logits: Tensor) -> int:
-    """The argmax token of logits [V] (first index on ties)."""
+    """The argmax token of logits [V] (first index on ties, as torch.argmax)."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
+        # torch's CPU argmax runs at ~2 ns/element (~0.3 ms at V = 150k); numpy's is ~30x faster.
+        return int(logits.detach().numpy().argmax())
     return int(torch.argmax(logits, dim=-1).item())

@@ -1,0 +1,1 @@
+"""Measurement tools (the full Spec-Bench runner comes later)."""

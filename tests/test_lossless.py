@@ -1,0 +1,140 @@
+"""Lossless greedy: every drafter, chain and tree, reproduces plain decoding token for token.
+
+The reference is a slow, obviously correct greedy loop (a full forward over the whole sequence
+per token, no cache). `ar` through the engine's loop must equal it, and every drafter must equal
+`ar`. Tiny fp32 models of three families; acceptance is checked to be > 1 token per step so the
+tests exercise real tree acceptance, not plain steps.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from quickdraft import drafters, tree
+from quickdraft.backend import HFBackend
+from quickdraft.decoder import Decoder
+from quickdraft.drafters.base import BaseDrafter
+from quickdraft.types import Draft, SamplingParams
+
+from conftest import VOCAB, tiny_model
+
+MAX_NEW = 40
+
+
+@torch.inference_mode()
+def reference_greedy(model, prompt: list[int], max_new: int, eos: int | None = None) -> list[int]:
+    seq = list(prompt)
+    out = []
+    for _ in range(max_new):
+        t = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+        seq.append(t)
+        out.append(t)
+        if t == eos:
+            break
+    return out
+
+
+def prompts(seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    phrase = [rng.randrange(2, VOCAB) for _ in range(6)]
+    return [
+        [rng.randrange(2, VOCAB) for _ in range(7)],
+        phrase + [rng.randrange(2, VOCAB) for _ in range(5)] + phrase + phrase[:2],  # copyable
+        [rng.randrange(2, VOCAB) for _ in range(30)],
+        [5],  # a one-token prompt: empty prefill
+    ]
+
+
+class OracleDrafter(BaseDrafter):
+    """Test-only: a random tree that hides the true continuation at random sibling positions and
+    random depth among wrong branches, so accepted paths are rarely a prefix of the node order."""
+
+    def __init__(self, truth: list[int], prompt_len: int, seed: int) -> None:
+        self.truth, self.prompt_len, self.rng = truth, prompt_len, random.Random(seed)
+
+    def propose(self, seq, budget):
+        pos = len(seq) - self.prompt_len
+        good = self.truth[pos: pos + self.rng.randrange(0, 6)]
+        paths = []
+        for _ in range(self.rng.randrange(1, 4)):  # wrong branches, sharing a prefix sometimes
+            cut = self.rng.randrange(0, len(good) + 1)
+            paths.append(good[:cut] + [self.rng.randrange(VOCAB) for _ in range(self.rng.randrange(1, 4))])
+        paths.insert(self.rng.randrange(len(paths) + 1), good)
+        return tree.from_paths([p for p in paths if p])
+
+
+class OracleChainDrafter(OracleDrafter):
+    """Test-only: a chain of a random number of true tokens followed by wrong ones."""
+
+    def propose(self, seq, budget):
+        pos = len(seq) - self.prompt_len
+        good = self.truth[pos: pos + self.rng.randrange(0, 6)]
+        return tree.chain(good + [self.rng.randrange(VOCAB) for _ in range(self.rng.randrange(0, 3))])
+
+
+def run(model, drafter, prompt, budget=64, max_new=MAX_NEW):
+    dec = Decoder(HFBackend(model), drafter, eos_ids=[])
+    return dec.generate(prompt, SamplingParams(max_new_tokens=max_new), budget)
+
+
+METHOD_SETTINGS = [
+    ("pld", []),
+    ("pld", ["max_ngram=2", "num_pred=4", "latest=false"]),
+    ("recycling", []),
+    ("recycling", ["nodes=6", "max_depth=6"]),  # deep narrow tree
+    ("recycling", ["nodes=40", "k=4"]),
+]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
+def test_every_drafter_equals_plain_greedy(kind):
+    model = tiny_model(kind, seed=1)
+    accepted = {}
+    for prompt in prompts(1):
+        ref = reference_greedy(model, prompt, MAX_NEW)
+        ar = run(model, drafters.create("ar"), prompt)
+        assert ar.tokens == ref, "ar through the loop differs from the reference greedy loop"
+        assert ar.stats.steps == MAX_NEW
+        for name, settings in METHOD_SETTINGS:
+            d = drafters.create(name, settings, vocab_size=VOCAB)
+            for repeat in range(2):  # the second request runs with recycling's state already hot
+                g = run(model, d, prompt, budget=d.default_budget())
+                assert g.tokens == ar.tokens, f"{name} {settings} differs from ar (request {repeat})"
+                accepted.setdefault(name, []).append(g.stats.mean_accepted)
+        for oracle in (OracleDrafter, OracleChainDrafter):
+            g = run(model, oracle(ref, len(prompt), seed=len(prompt)), prompt)
+            assert g.tokens == ar.tokens, f"{oracle.__name__} differs from ar"
+            accepted.setdefault(oracle.__name__, []).append(g.stats.mean_accepted)
+    # Tiny random transformers do not copy from their context (no induction heads), so prompt
+    # lookup rarely hits on llama/qwen2 here; gemma3's tiny model repeats itself and does. PLD's
+    # acceptance on real text is covered by the real-model test.
+    for name, acc in accepted.items():
+        if name != "pld" or kind == "gemma3":
+            assert max(acc) > 1.2, f"{name} never got drafts accepted: the test would not exercise trees"
+
+
+def test_sliding_window_model_long_context_lossless():
+    model = tiny_model("gemma3", seed=2, sliding_window=5)
+    prompt = prompts(2)[1] * 2
+    ref = reference_greedy(model, prompt, 30)
+    for name, settings in METHOD_SETTINGS[::2]:
+        d = drafters.create(name, settings, vocab_size=VOCAB)
+        assert run(model, d, prompt, budget=d.default_budget(), max_new=30).tokens == ref
+
+
+def test_eos_and_max_new_tokens_cut_exactly():
+    model = tiny_model("llama", seed=1)
+    prompt = prompts(1)[1]
+    ref = reference_greedy(model, prompt, 25)
+    eos = ref[12]
+    ref_eos = ref[: ref.index(eos) + 1]
+    for name in ("ar", "pld", "recycling"):
+        d = drafters.create(name, [], vocab_size=VOCAB)
+        dec = Decoder(HFBackend(model), d, eos_ids=[eos])
+        g = dec.generate(prompt, SamplingParams(max_new_tokens=25), d.default_budget())
+        assert g.tokens == ref_eos and g.finish_reason == "eos"
+        g = run(model, d, prompt, budget=d.default_budget(), max_new=7)
+        assert g.tokens == ref[:7] and g.finish_reason == "length"
