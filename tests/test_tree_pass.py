@@ -24,13 +24,18 @@ def full_logits(model, ids: list[int]) -> torch.Tensor:
     return model(input_ids=torch.tensor([ids])).logits[0]  # [L, V]
 
 
-def check_tree_pass(model, prefix_len: int, n: int, seed: int) -> None:
+def check_tree_pass(model, prefix_len: int, n: int, seed: int, fused: bool = False) -> None:
+    """fused: the prompt goes through the same pass as the tree (the decoder's first step)."""
     rng = random.Random(seed)
     prompt = [rng.randrange(VOCAB) for _ in range(prefix_len)]
     draft = random_tree(rng, n)
     backend = HFBackend(model)
-    backend.prefill(prompt[:-1])
-    logits = backend.score(prompt[-1], draft)  # [n+1, V]
+    if fused:
+        logits, prefix_logits = backend.first_pass(prompt[:-1], prompt[-1], draft, want_prefix_logits=True)
+        torch.testing.assert_close(prefix_logits, full_logits(model, prompt[:-1]), atol=1e-4, rtol=1e-4)
+    else:
+        backend.prefill(prompt[:-1])
+        logits = backend.score(prompt[-1], draft)  # [n+1, V]
     ref_root = full_logits(model, prompt)[-1]
     torch.testing.assert_close(logits[0], ref_root, atol=1e-4, rtol=1e-4)
     for i in range(n):
@@ -42,6 +47,7 @@ def check_tree_pass(model, prefix_len: int, n: int, seed: int) -> None:
 def test_tree_pass_matches_sequential(any_model):
     for seed in range(4):
         check_tree_pass(any_model, prefix_len=5 + 3 * seed, n=1 + 4 * seed, seed=seed)
+        check_tree_pass(any_model, prefix_len=5 + 3 * seed, n=1 + 4 * seed, seed=seed, fused=True)
 
 
 def test_tree_pass_exact_past_sliding_window():
@@ -49,6 +55,7 @@ def test_tree_pass_exact_past_sliding_window():
     model = tiny_model("gemma3", sliding_window=6)
     for seed in range(3):
         check_tree_pass(model, prefix_len=20, n=10, seed=100 + seed)
+        check_tree_pass(model, prefix_len=20, n=10, seed=100 + seed, fused=True)
 
 
 def test_commit_keeps_only_the_accepted_path(any_model):

@@ -1,4 +1,6 @@
-"""The decoder loop: prefill, then steps of draft -> one target pass -> verify -> commit -> observe.
+"""The decoder loop: steps of draft -> one target pass -> verify -> commit -> observe.
+
+The first step's pass also carries the prompt (prefill and first step in one forward).
 
 Knows nothing about model architectures, tokenizers or method names. Invariants:
   * Every new token is committed by the verifier from target logits, so output is lossless
@@ -59,12 +61,8 @@ class Decoder:
         drafter = self.drafter
 
         t0 = time.perf_counter()
+        t1 = t0
         drafter.start(prompt)
-        logits = self.backend.prefill(prompt[:-1], want_logits=drafter.needs_prefill_logits)
-        drafter.observe_prefill(torch.tensor(prompt[:-1], dtype=torch.long), logits)
-        t1 = time.perf_counter()
-        stats.prefill_s = t1 - t0
-
         seq = list(prompt)
         out: list[int] = []
         reason = "length"
@@ -75,7 +73,12 @@ class Decoder:
                 break
             # The pass adds root + n nodes to the cache; keep it inside the context.
             draft = tree.truncate(drafter.propose(seq, budget), max(0, min(budget, ctx - len(seq) - 1)))
-            logits = self.backend.score(seq[-1], draft)  # [n+1, V]
+            if stats.steps == 0:  # the prompt goes through the model with the first draft
+                logits, prefix_logits = self.backend.first_pass(
+                    prompt[:-1], seq[-1], draft, want_prefix_logits=drafter.needs_prefill_logits)
+                drafter.observe_prefill(torch.tensor(prompt[:-1], dtype=torch.long), prefix_logits)
+            else:
+                logits = self.backend.score(seq[-1], draft)  # [n+1, V]
             verdict = self.verifier.verify(draft, logits, params, rng)
             self.backend.commit(verdict.path)
             drafter.observe(seq[-1], draft, logits, verdict)
@@ -90,6 +93,9 @@ class Decoder:
             stats.steps += 1
             stats.drafted.append(draft.size)
             stats.accepted_lengths.append(len(new))
+            if stats.steps == 1:
+                t1 = time.perf_counter()
+                stats.prefill_s = t1 - t0  # time to the first committed tokens
             stop = on_tokens(new) if on_tokens is not None else False
             if reason == "eos":
                 break

@@ -114,8 +114,8 @@ class Stats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     steps: int = 0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
+    prefill_s: float = 0.0  # time to the first committed tokens (the pass that carries the prompt)
+    decode_s: float = 0.0  # the remaining steps
     accepted_lengths: list[int] = field(default_factory=list)  # committed tokens per step
     drafted: list[int] = field(default_factory=list)  # draft nodes per step
 

@@ -2,11 +2,14 @@
 
 Invariants:
   * The KV cache holds every committed token except the last one (the root). `cached` is its
-    length. `score` appends the root and all draft nodes; `commit` keeps the KV of the root and the
-    accepted path only, moved to consecutive positions, so the invariant holds again.
+    length. A pass appends [prefix +] root + all draft nodes; `commit` keeps the KV of the root and
+    the accepted path only, moved to consecutive positions, so the invariant holds again.
   * Tree pass: node i sees the cached prefix, the root, its ancestors and itself (a 4-D additive
-    mask [1, 1, n+1, past+n+1]) at position past + depth(i). A chain needs no custom mask: the
+    mask [1, 1, m, past+m]) at position past + depth(i). A chain needs no custom mask: the
     model's own causal mask is exactly the tree mask then (fast path).
+  * The first pass of a request carries the prompt (`first_pass`): prompt and first draft go
+    through the model together, so plain decoding makes exactly the passes generate() makes
+    (one over the prompt, then one per token) with the same shapes.
   * Models with sliding-window layers (Gemma 3) get one mask per layer type, so tree masks stay
     exact past the window; the cache keeps every position (no window trimming) so that
     positions can be gathered on commit.
@@ -36,16 +39,32 @@ class HFBackend:
         self.sliding_window = getattr(cfg, "sliding_window", None) if "sliding_attention" in layer_types else None
         self.cache: DynamicCache | None = None
         self.cached = 0  # tokens in the KV cache
-        self._scored = 0  # nodes (root included) appended by the last score()
+        self._scored = 0  # root + nodes appended by the last pass
 
-    # --- lifecycle -------------------------------------------------------------------------
-    @torch.inference_mode()
-    def prefill(self, tokens: Sequence[int], want_logits: bool = False) -> Tensor | None:
-        """Start a fresh cache holding `tokens` (the prompt without its last token).
+    # --- passes ----------------------------------------------------------------------------
+    def first_pass(self, prefix: Sequence[int], root: int, draft: Draft,
+                   want_prefix_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Fresh cache; one pass over prefix + root + draft.
 
-        Returns logits [L, V] for every position if want_logits, else None.
+        Returns logits [n+1, V] (root, then each node) and, if asked, the prefix's logits [P, V].
         """
         self.cache = DynamicCache()  # plain full layers on purpose: see the module docstring
+        self.cached = 0
+        logits = self._forward(list(prefix), root, draft, keep_prefix=want_prefix_logits)
+        if not want_prefix_logits:
+            return logits, None
+        p = len(prefix)
+        return logits[p:], logits[:p]
+
+    def score(self, root: int, draft: Draft) -> Tensor:
+        """Append root + draft nodes to the cache; return logits [n+1, V] (row 0 = root)."""
+        assert self.cache is not None, "first_pass or prefill first"
+        return self._forward([], root, draft, keep_prefix=False)
+
+    @torch.inference_mode()
+    def prefill(self, tokens: Sequence[int], want_logits: bool = False) -> Tensor | None:
+        """Fresh cache holding `tokens` (no root); their logits [L, V] if want_logits."""
+        self.cache = DynamicCache()
         self.cached = 0
         self._scored = 0
         if len(tokens) == 0:
@@ -53,29 +72,31 @@ class HFBackend:
         ids = torch.tensor([list(tokens)], dtype=torch.long)  # [1, L]
         kwargs = {}
         if self.sliding_window is not None:
-            kwargs["attention_mask"] = self._masks(0, torch.ones(len(tokens), len(tokens), dtype=torch.bool).tril())
+            causal = torch.ones(len(tokens), len(tokens), dtype=torch.bool).tril()
+            kwargs["attention_mask"] = self._masks(0, causal, torch.arange(len(tokens)))
         out = self.model(input_ids=ids, cache=self.cache, use_cache=True,
                          logits_to_keep=0 if want_logits else 1, **kwargs)
         self.cached = len(tokens)
         return out.logits[0] if want_logits else None
 
     @torch.inference_mode()
-    def score(self, root: int, draft: Draft) -> Tensor:
-        """Append root + draft nodes to the cache; return logits [n+1, V] (row 0 = root)."""
-        assert self.cache is not None, "prefill first"
+    def _forward(self, prefix: list[int], root: int, draft: Draft, keep_prefix: bool) -> Tensor:
         past = self.cached
-        n = draft.size
-        ids = torch.cat([torch.tensor([root], dtype=torch.long), draft.tokens]).unsqueeze(0)  # [1, n+1]
+        p, n = len(prefix), draft.size
+        ids = torch.cat([torch.tensor(prefix + [root], dtype=torch.long), draft.tokens]).unsqueeze(0)  # [1, p+n+1]
         kwargs = {}
         if not tree.is_chain(draft.parents) or self.sliding_window is not None:
-            allowed = tree.ancestor_mask(draft.parents)  # [n+1, n+1]
-            depth = torch.cat([torch.zeros(1, dtype=torch.long), tree.depths(draft.parents)])  # [n+1]
-            kwargs["position_ids"] = (past + depth).unsqueeze(0)  # [1, n+1]
-            kwargs["attention_mask"] = self._masks(past, allowed, depth)
-        out = self.model(input_ids=ids, cache=self.cache, use_cache=True, **kwargs)
-        self.cached = past + n + 1
+            m = p + n + 1
+            allowed = torch.ones(m, m, dtype=torch.bool).tril()  # [m, m], causal over prefix + root
+            allowed[p:, p:] = tree.ancestor_mask(draft.parents)
+            pos = torch.cat([torch.arange(p + 1), p + tree.depths(draft.parents)])  # [m]
+            kwargs["position_ids"] = (past + pos).unsqueeze(0)  # [1, m]
+            kwargs["attention_mask"] = self._masks(past, allowed, pos)
+        out = self.model(input_ids=ids, cache=self.cache, use_cache=True,
+                         logits_to_keep=0 if keep_prefix else n + 1, **kwargs)
+        self.cached = past + p + n + 1
         self._scored = n + 1
-        return out.logits[0]  # [n+1, V]
+        return out.logits[0]  # [n+1, V], or [p+n+1, V] with keep_prefix
 
     @torch.inference_mode()
     def commit(self, path: Sequence[int]) -> None:
@@ -95,22 +116,20 @@ class HFBackend:
         self._scored = 0
 
     # --- masks -----------------------------------------------------------------------------
-    def _masks(self, past: int, allowed: Tensor, depth: Tensor | None = None):
-        """Additive mask(s) [1, 1, n, past+n] from `allowed` [n, n] over the new tokens.
+    def _masks(self, past: int, allowed: Tensor, pos: Tensor):
+        """Additive mask(s) [1, 1, m, past+m] from `allowed` [m, m] over the new tokens.
 
-        For sliding-window models returns {layer_type: mask}: sliding layers also hide cached
-        positions further than the window from the query's position.
+        pos [m]: position of each new token relative to `past`. For sliding-window models returns
+        {layer_type: mask}: sliding layers also hide keys as far as the window from the query.
         """
-        n = allowed.shape[0]
+        m = allowed.shape[0]
         neg = torch.finfo(self.dtype).min
-        full = torch.zeros(n, past + n, dtype=self.dtype)
+        full = torch.zeros(m, past + m, dtype=self.dtype)
         full[:, past:].masked_fill_(~allowed, neg)
         if self.sliding_window is None:
             return full[None, None]
-        if depth is None:
-            depth = torch.arange(n)
-        q_pos = past + depth  # [n] position of each query
-        k_pos = torch.cat([torch.arange(past), past + depth])  # [past+n] position of each key
-        too_far = (q_pos[:, None] - k_pos[None, :]) >= self.sliding_window  # [n, past+n]
+        q_pos = past + pos  # [m]
+        k_pos = torch.cat([torch.arange(past), past + pos])  # [past+m]
+        too_far = (q_pos[:, None] - k_pos[None, :]) >= self.sliding_window  # [m, past+m]
         sliding = full.masked_fill(too_far, neg)
         return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}
