@@ -82,8 +82,24 @@ def main() -> None:
                       f"{len(toks) / wall:6.1f} tok/s" + (f" tau {len(toks) / steps:.2f}" if steps else ""), flush=True)
     # aggregate
     by = defaultdict(dict)
+    prompts = {q["question_id"]: engine.encode(q["turns"][0]) for q in picked}
     for r in records:
         by[(r["rep"], r["qid"])][r["method"]] = r
+    # Where an output differs from ar: the first differing position and ar's top-2 logit margin
+    # there (a plain forward over prompt + common prefix), to tell near-ties from real bugs.
+    margins = defaultdict(list)
+    for d in by.values():
+        a = d.get("ar")
+        for m, r in d.items():
+            if a is None or m == "ar" or r["tokens"] == a["tokens"]:
+                continue
+            i = next((k for k in range(min(len(r["tokens"]), len(a["tokens"]))) if r["tokens"][k] != a["tokens"][k]), None)
+            if i is None:
+                continue
+            with torch.inference_mode():
+                lg = engine.model(input_ids=torch.tensor([prompts[r["qid"]] + a["tokens"][:i]])).logits[0, -1].float()
+            top2 = lg.topk(2).values
+            margins[m].append(dict(pos=i, of=len(a["tokens"]), margin=round(float(top2[0] - top2[1]), 4)))
     summary = {}
     for m in methods:
         per_cat = defaultdict(list)
@@ -108,8 +124,11 @@ def main() -> None:
     for m, s in summary.items():
         for c, a in s.items():
             print(f"| {m} | {c} | {a['tokens_per_s']} | {a['speedup']} | {a['speedup_geo']} | {a['mean_accepted']} | {a['exact_match']} | {a['n']} |")
+    print("\nfirst divergence from ar (position / ar length, ar's top-2 logit margin there):")
+    for m, xs in margins.items():
+        print(f"  {m}: " + ", ".join(f"{x['pos']}/{x['of']} ({x['margin']})" for x in xs))
     if args.out:
-        Path(args.out).write_text(json.dumps(dict(args=vars(args), summary=summary, records=records)))
+        Path(args.out).write_text(json.dumps(dict(args=vars(args), summary=summary, margins=margins, records=records)))
     print(json.dumps({m: s["overall"] for m, s in summary.items()}))
 
 
