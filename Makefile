@@ -1,5 +1,5 @@
 # Two commands: `make run` and `make test`. Both set up .venv from a clean clone.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
