@@ -44,7 +44,8 @@ class Draft:
     tokens:  [n] int64, the proposed tokens.
     parents: [n] int64, parents[i] < i; -1 means a child of the root.
     q:       [n, V] float, the draft distribution node i was drawn from (the same row for siblings
-             drawn from one distribution); None = deterministic proposals (point-mass rule).
+             drawn from one distribution; for RSD the original row, before any sibling was removed:
+             the verifier conditions it itself); None = deterministic proposals.
     replacement: siblings were drawn i.i.d. (True, SpecInfer rule) or without replacement
              (False, RSD rule). Ignored when q is None.
     """
