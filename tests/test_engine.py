@@ -45,6 +45,8 @@ def test_stop_string_cuts_text_and_generation(engine):
     assert reply.text == full[:first]
     assert "".join(pieces) == reply.text
     assert reply.generation.finish_reason == "stop"
+    ids = reply.generation.tokens  # ids end with the token that completes the stop string
+    assert stop in engine.tokenizer.decode(ids) and stop not in engine.tokenizer.decode(ids[:-1])
 
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=1.0, max_new_tokens=25, seed=3),

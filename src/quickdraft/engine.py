@@ -129,6 +129,11 @@ class Engine:
         if stopped_at:
             i = min(text.find(s) for s in params.stop if s in text)
             text = text[:i]
+            # keep the generated ids up to the one that completes the stop string (as HF does)
+            k = next(k for k in range(1, len(gen.tokens) + 1)
+                     if any(s in self.tokenizer.decode(gen.tokens[:k], skip_special_tokens=True) for s in params.stop))
+            gen.tokens = gen.tokens[:k]
+            gen.stats.new_tokens = k
         elif held and on_text:
             on_text(held)
         return Reply(text, gen)
