@@ -11,30 +11,7 @@ from quickdraft.errors import QuickdraftError
 from quickdraft.sampling import check_params, greedy, probs, probs_reference, sample, sample_reference
 from quickdraft.types import SamplingParams
 
-
-def chi2_pvalue(counts: list[int], expected_probs: list[float]) -> float:
-    """Pearson chi-square goodness-of-fit p-value; cells expected < 5 are pooled into one."""
-    if any(c > 0 and pr <= 0 for c, pr in zip(counts, expected_probs)):
-        return 0.0  # a draw the exact distribution says is impossible
-    total = sum(counts)
-    big, pool_obs, pool_exp = [], 0.0, 0.0
-    for c, pr in zip(counts, expected_probs):
-        e = total * pr
-        if e >= 5:
-            big.append((c, e))
-        elif e > 0:
-            pool_obs, pool_exp = pool_obs + c, pool_exp + e
-    if pool_exp > 0:
-        if pool_exp < 5 and big:  # fold a small pool into the smallest big cell
-            c, e = big.pop(min(range(len(big)), key=lambda i: big[i][1]))
-            pool_obs, pool_exp = pool_obs + c, pool_exp + e
-        big.append((pool_obs, pool_exp))
-    stat = sum((c - e) ** 2 / e for c, e in big)
-    dof = len(big) - 1
-    if dof <= 0:
-        return 1.0
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                         torch.tensor(stat / 2, dtype=torch.float64)))
+from stats_helpers import chi2_pvalue
 
 
 LN2, LN4 = math.log(2), math.log(4)
