@@ -80,7 +80,6 @@ def template_paths(template: list[tuple[int, int]]) -> set[tuple[int, ...]]:
 
 @register("recycling")
 class TokenRecycling(BaseDrafter):
-    needs_prefill_logits = True
 
     @dataclass(frozen=True)
     class Config:
@@ -90,6 +89,7 @@ class TokenRecycling(BaseDrafter):
         # acceptance rate of the rank-r successor given its parent was reached; shapes the template
         # (measured on SmolLM2-135M over 26 Spec-Bench prompts, docs/tuning.md)
         rank_probs: tuple[float, ...] = (0.41, 0.08, 0.06, 0.04, 0.04, 0.04, 0.02, 0.02)
+        harvest_prompt: bool = True  # also learn from the prompt's logits (costs the LM head over the prompt)
 
         def validate(self) -> None:
             if self.nodes < 1 or self.k < 1 or self.max_depth < 1:
@@ -101,6 +101,7 @@ class TokenRecycling(BaseDrafter):
         if vocab_size <= 0:
             raise ValueError("TokenRecycling needs the vocab size")
         self.config = config
+        self.needs_prefill_logits = config.harvest_prompt
         self.k = config.k
         self.adjacency = torch.full((vocab_size, self.k), -1, dtype=torch.long)  # [V, k]
         probs = config.rank_probs[: self.k]
