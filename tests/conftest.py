@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM)
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 VOCAB = 96
 
@@ -25,6 +25,8 @@ def tiny_model(kind: str, seed: int = 0, sliding_window: int = 6):
         cfg = Gemma3TextConfig(**common, head_dim=16, sliding_window=sliding_window,
                                layer_types=["sliding_attention", "sliding_attention", "full_attention"])
         model = Gemma3ForCausalLM(cfg)
+    elif kind == "mistral":  # one sliding window on every layer, no layer_types
+        model = MistralForCausalLM(MistralConfig(**common, sliding_window=sliding_window))
     else:
         raise ValueError(kind)
     model.config._attn_implementation = "sdpa"

@@ -52,6 +52,8 @@ def test_generate_streams_text(capsys, tiny_folder):
     (["generate", "hi", "--model", "no-such-model"], "no-such-model"),
     (["generate", "hi", "--bogus"], "unrecognized"),
     (["pull", "no-such-model"], "no-such-model"),
+    (["generate", "hi", "--seed", "99999999999999999999999"], "seed"),
+    (["generate", "hi", "--stop", ""], "stop string"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code, out, err = run_cli(capsys, *argv)
@@ -81,3 +83,18 @@ def test_models_lists_the_registry(capsys):
     for name in ("smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"):
         assert name in out
     assert "quickdraft pull" in out
+
+
+def test_invalid_utf8_on_stdin(capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hi \xf0\x9f")))
+    code, out, err = run_cli(capsys, "generate", "-")
+    assert code == 2 and "UTF-8" in err and len(err.strip().splitlines()) == 1
+
+
+def test_recycling_sizes_are_bounded(capsys):
+    for setting in ("k=65", "nodes=100000", "max_depth=0"):
+        code, out, err = run_cli(capsys, "generate", "w7", "--method", "recycling", "--set", setting)
+        assert code == 2 and "recycling needs" in err and len(err.strip().splitlines()) == 1

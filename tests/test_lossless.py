@@ -138,3 +138,15 @@ def test_eos_and_max_new_tokens_cut_exactly():
         assert g.tokens == ref_eos and g.finish_reason == "eos"
         g = run(model, d, prompt, budget=d.default_budget(), max_new=7)
         assert g.tokens == ref[:7] and g.finish_reason == "length"
+
+
+def test_drafts_stop_at_the_context_limit():
+    model = tiny_model("llama", seed=1)
+    model.config.max_position_embeddings = 40
+    prompt = prompts(1)[1]
+    ref = reference_greedy(model, prompt, 40 - len(prompt))
+    for name in ("ar", "pld", "recycling"):
+        d = drafters.create(name, [], vocab_size=VOCAB)
+        g = run(model, d, prompt, budget=d.default_budget(), max_new=100)
+        assert g.tokens == ref and g.finish_reason == "context" and len(prompt) + len(g.tokens) == 40
+    model.config.max_position_embeddings = 512

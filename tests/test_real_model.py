@@ -63,6 +63,7 @@ def test_drafters_equal_ar_on_the_real_model(engine):
             got = gen.tokens
             accepted.setdefault(method, []).append(gen.stats.mean_accepted)
             if got != ar:
-                i = next(k for k in range(min(len(got), len(ar))) if got[k] != ar[k])
+                i = next((k for k in range(min(len(got), len(ar))) if got[k] != ar[k]), None)
+                assert i is not None, f"{method} stopped at another length than ar without a differing token"
                 assert near_tie(engine.model, ids + ar[:i]), f"{method} diverged from ar at token {i} without a near-tie"
     assert max(accepted["pld"]) > 1.3 and max(accepted["recycling"]) > 1.3, accepted

@@ -160,3 +160,10 @@ def test_chi2_helper_can_fail():
     assert chi2_pvalue([500, 500], [0.5, 0.5]) > 0.5
     assert chi2_pvalue([600, 400], [0.5, 0.5]) < 1e-4
     assert chi2_pvalue([10, 5, 5], [0.5, 0.0, 0.5]) == 0.0  # an impossible draw
+
+
+def test_tiny_temperature_does_not_overflow():
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0]])
+    for t in (1e-40, 1e-20, 1e-8):
+        p = probs(logits, SamplingParams(temperature=t))
+        assert torch.isfinite(p).all() and p[0].tolist() == [0.0, 1.0, 0.0, 0.0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from quickdraft import tree
@@ -50,9 +51,10 @@ def test_tree_pass_matches_sequential(any_model):
         check_tree_pass(any_model, prefix_len=5 + 3 * seed, n=1 + 4 * seed, seed=seed, fused=True)
 
 
-def test_tree_pass_exact_past_sliding_window():
+@pytest.mark.parametrize("kind", ["gemma3", "mistral"])
+def test_tree_pass_exact_past_sliding_window(kind):
     # window 6, prefix 20 + tree depth up to 10: every sliding layer must hide far positions.
-    model = tiny_model("gemma3", sliding_window=6)
+    model = tiny_model(kind, sliding_window=6)
     for seed in range(3):
         check_tree_pass(model, prefix_len=20, n=10, seed=100 + seed)
         check_tree_pass(model, prefix_len=20, n=10, seed=100 + seed, fused=True)

@@ -94,7 +94,15 @@ def _read_prompt(prompt: str | None) -> str:
     if prompt is None:
         raise QuickdraftError("no prompt given; pass the text as an argument or '-' to read stdin")
     if prompt == "-":
-        prompt = sys.stdin.read()
+        try:
+            prompt = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise QuickdraftError(f"stdin is not valid UTF-8 ({e.reason} at byte {e.start}); "
+                                  "convert the prompt to UTF-8") from None
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QuickdraftError("the prompt is not valid UTF-8; convert it to UTF-8") from None
     if not prompt.strip():
         raise QuickdraftError("the prompt is empty; give some text (or '-' to read stdin)")
     return prompt
@@ -109,7 +117,7 @@ def cmd_generate(args) -> int:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
     check_params(params)
-    drafters.parse_settings(args.method, args.settings)  # fail fast, before loading the model
+    drafters.make_config(args.method, args.settings)  # fail fast, before loading the model
     engine = _engine(args)
     if not args.raw and not engine.has_chat_template:
         print(f"quickdraft: note: {engine.name} has no chat template; using the prompt as raw text",
@@ -142,7 +150,6 @@ def cmd_demo(args) -> int:
     from . import drafters
     from .types import SamplingParams
 
-    drafters.create  # registry import
     if args.method not in drafters.names():
         raise QuickdraftError(f"unknown method '{args.method}'; choose one of: {', '.join(drafters.names())}")
     engine = _engine(args)
@@ -202,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("quickdraft: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `quickdraft generate ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Knows nothing about model architectures, tokenizers or method names. Invariants:
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -58,7 +59,7 @@ class Decoder:
             raise QuickdraftError(
                 f"the prompt has {len(prompt)} tokens but the model's context is {ctx}; shorten the prompt")
         rng = torch.Generator()
-        rng.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        rng.manual_seed(params.seed if params.seed is not None else secrets.randbits(62))  # never global RNG
         noise = None if params.greedy else GumbelNoise(rng)  # sampled tokens independent of drafts
         stats = Stats(prompt_tokens=len(prompt))
         drafter = self.drafter
@@ -79,7 +80,8 @@ class Decoder:
             if stats.steps == 0:  # the prompt goes through the model with the first draft
                 logits, prefix_logits = self.backend.first_pass(
                     prompt[:-1], seq[-1], draft, want_prefix_logits=drafter.needs_prefill_logits)
-                drafter.observe_prefill(torch.tensor(prompt[:-1], dtype=torch.long), prefix_logits)
+                seen = prompt[:-1] if prefix_logits is None else prompt[len(prompt) - 1 - prefix_logits.shape[0]:-1]
+                drafter.observe_prefill(torch.tensor(seen, dtype=torch.long), prefix_logits)  # aligned rows
             else:
                 logits = self.backend.score(seq[-1], draft)  # [n+1, V]
             verdict = self.verifier.verify(draft, logits, params, rng, noise, pos=len(out))

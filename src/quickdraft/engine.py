@@ -75,15 +75,15 @@ class Engine:
         if not prompt.strip():
             raise QuickdraftError("the prompt is empty; give some text (or '-' to read stdin)")
         if chat and self.has_chat_template:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
+            return self.encode_turns([{"role": "user", "content": prompt}])
         return list(self.tokenizer(prompt)["input_ids"])
 
     def encode_turns(self, messages: list[dict]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        """Token ids of a conversation through the chat template, ending with the assistant header."""
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except Exception as e:  # jinja errors, templates that raise on unexpected roles, ...
+            raise QuickdraftError(f"the chat template of {self.name} failed ({e}); pass --raw to skip it") from None
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids)
@@ -134,8 +134,10 @@ class Engine:
                      if any(s in self.tokenizer.decode(gen.tokens[:k], skip_special_tokens=True) for s in params.stop))
             gen.tokens = gen.tokens[:k]
             gen.stats.new_tokens = k
-        elif held and on_text:
-            on_text(held)
+        elif on_text:  # what is left: withheld text, or a trailing partial character
+            rest = held + text[stream.emitted:]
+            if rest:
+                on_text(rest)
         return Reply(text, gen)
 
     def generate(self, prompt: str, method: str = "ar", params: SamplingParams = SamplingParams(),

@@ -10,9 +10,10 @@ Invariants:
   * The first pass of a request carries the prompt (`first_pass`): prompt and first draft go
     through the model together, so plain decoding makes exactly the passes generate() makes
     (one over the prompt, then one per token) with the same shapes.
-  * Models with sliding-window layers (Gemma 3) get one mask per layer type, so tree masks stay
-    exact past the window; the cache keeps every position (no window trimming) so that
-    positions can be gathered on commit.
+  * Models with sliding-window layers (Gemma 3) get one mask per layer type, and models with one
+    window on every layer (Mistral-style configs) get the windowed mask, so tree masks stay exact
+    past the window; the cache keeps every position (no window trimming) so that positions can be
+    gathered on commit. Other attention layer types are refused with a clear error.
   * No monkeypatching: only the public forward(input_ids, attention_mask, position_ids, cache).
 """
 
@@ -25,7 +26,10 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from .. import tree
+from ..errors import QuickdraftError
 from ..types import Draft
+
+MAX_PREFIX_LOGITS = 1024  # first_pass returns logits for at most this many last prompt positions
 
 
 class HFBackend:
@@ -35,8 +39,18 @@ class HFBackend:
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_context = int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30)
-        layer_types = getattr(cfg, "layer_types", None) or []
-        self.sliding_window = getattr(cfg, "sliding_window", None) if "sliding_attention" in layer_types else None
+        layer_types = set(getattr(cfg, "layer_types", None) or [])
+        unknown = layer_types - {"full_attention", "sliding_attention"}
+        if unknown:
+            raise QuickdraftError(f"attention layer types {sorted(unknown)} are not supported yet; "
+                                  "use a model with full or sliding-window attention")
+        window = getattr(cfg, "sliding_window", None)
+        if layer_types:  # per-layer types (Gemma 3, Qwen2): a window only on sliding layers
+            self.sliding_window = window if "sliding_attention" in layer_types else None
+            self._window_everywhere = False
+        else:  # Mistral-style configs: one window for every layer, if any
+            self.sliding_window = window if window and getattr(cfg, "use_sliding_window", True) else None
+            self._window_everywhere = True
         self.cache: DynamicCache | None = None
         self.cached = 0  # tokens in the KV cache
         self._scored = 0  # root + nodes appended by the last pass
@@ -46,20 +60,21 @@ class HFBackend:
                    want_prefix_logits: bool = False) -> tuple[Tensor, Tensor | None]:
         """Fresh cache; one pass over prefix + root + draft.
 
-        Returns logits [n+1, V] (root, then each node) and, if asked, the prefix's logits [P, V].
+        Returns logits [n+1, V] (root, then each node) and, if asked, the logits [P', V] of the last
+        P' = min(P, MAX_PREFIX_LOGITS) prefix positions (bounded memory for long prompts).
         """
         self.cache = DynamicCache()  # plain full layers on purpose: see the module docstring
         self.cached = 0
-        logits = self._forward(list(prefix), root, draft, keep_prefix=want_prefix_logits)
+        keep = min(len(prefix), MAX_PREFIX_LOGITS) if want_prefix_logits else 0
+        logits = self._forward(list(prefix), root, draft, keep_prefix=keep)  # [keep+n+1, V]
         if not want_prefix_logits:
             return logits, None
-        p = len(prefix)
-        return logits[p:], logits[:p]
+        return logits[keep:], logits[:keep]
 
     def score(self, root: int, draft: Draft) -> Tensor:
         """Append root + draft nodes to the cache; return logits [n+1, V] (row 0 = root)."""
         assert self.cache is not None, "first_pass or prefill first"
-        return self._forward([], root, draft, keep_prefix=False)
+        return self._forward([], root, draft, keep_prefix=0)
 
     @torch.inference_mode()
     def prefill(self, tokens: Sequence[int], want_logits: bool = False) -> Tensor | None:
@@ -80,7 +95,8 @@ class HFBackend:
         return out.logits[0] if want_logits else None
 
     @torch.inference_mode()
-    def _forward(self, prefix: list[int], root: int, draft: Draft, keep_prefix: bool) -> Tensor:
+    def _forward(self, prefix: list[int], root: int, draft: Draft, keep_prefix: int) -> Tensor:
+        """One pass over prefix + root + draft; logits of root + nodes and the last keep_prefix prefix rows."""
         past = self.cached
         p, n = len(prefix), draft.size
         ids = torch.cat([torch.tensor(prefix + [root], dtype=torch.long), draft.tokens]).unsqueeze(0)  # [1, p+n+1]
@@ -93,10 +109,10 @@ class HFBackend:
             kwargs["position_ids"] = (past + pos).unsqueeze(0)  # [1, m]
             kwargs["attention_mask"] = self._masks(past, allowed, pos)
         out = self.model(input_ids=ids, cache=self.cache, use_cache=True,
-                         logits_to_keep=0 if keep_prefix else n + 1, **kwargs)
+                         logits_to_keep=keep_prefix + n + 1, **kwargs)
         self.cached = past + p + n + 1
         self._scored = n + 1
-        return out.logits[0]  # [n+1, V], or [p+n+1, V] with keep_prefix
+        return out.logits[0]  # [keep_prefix+n+1, V]
 
     @torch.inference_mode()
     def commit(self, path: Sequence[int]) -> None:
@@ -130,6 +146,8 @@ class HFBackend:
             return full[None, None]
         q_pos = past + pos  # [m]
         k_pos = torch.cat([torch.arange(past), past + pos])  # [past+m]
-        too_far = (q_pos[:, None] - k_pos[None, :]) >= self.sliding_window  # [m, past+m]
-        sliding = full.masked_fill(too_far, neg)
+        too_far = k_pos[None, :] <= (q_pos - self.sliding_window)[:, None]  # [m, past+m] bool
+        sliding = full.masked_fill_(too_far, neg) if self._window_everywhere else full.masked_fill(too_far, neg)
+        if self._window_everywhere:
+            return sliding[None, None]
         return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}

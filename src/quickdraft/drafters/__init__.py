@@ -80,18 +80,23 @@ def parse_settings(name: str, settings: list[str]) -> dict[str, object]:
     return out
 
 
-def create(name: str, settings: list[str] | dict[str, object] | None = None, **env):
-    """Build drafter `name` with its Config overridden by `settings`.
-
-    env: facts about the engine the drafter may need (vocab_size).
-    """
+def make_config(name: str, settings: list[str] | dict[str, object] | None = None):
+    """The drafter's Config with `settings` applied, validated (no model needed)."""
     cls = _get(name)
     if isinstance(settings, list):
         settings = parse_settings(name, settings)
     config = cls.Config(**(settings or {}))
     if hasattr(config, "validate"):
         config.validate()
-    return cls(config, **env)
+    return config
+
+
+def create(name: str, settings: list[str] | dict[str, object] | None = None, **env):
+    """Build drafter `name` with its Config overridden by `settings`.
+
+    env: facts about the engine the drafter may need (vocab_size).
+    """
+    return _get(name)(make_config(name, settings), **env)
 
 
 # Import the modules so they register themselves (order = listing order).

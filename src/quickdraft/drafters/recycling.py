@@ -92,14 +92,16 @@ class TokenRecycling(BaseDrafter):
         harvest_prompt: bool = True  # also learn from the prompt's logits (costs the LM head over the prompt)
 
         def validate(self) -> None:
-            if self.nodes < 1 or self.k < 1 or self.max_depth < 1:
-                raise QuickdraftError("recycling needs nodes, k and max_depth >= 1; fix --set")
+            if not (1 <= self.nodes <= 1024 and 1 <= self.k <= 64 and 1 <= self.max_depth <= 64):
+                raise QuickdraftError("recycling needs 1 <= nodes <= 1024, 1 <= k <= 64, 1 <= max_depth <= 64; fix --set")
             if not self.rank_probs or any(not 0 < p <= 1 for p in self.rank_probs):
                 raise QuickdraftError("recycling rank_probs must be numbers in (0, 1]; fix --set rank_probs")
 
     def __init__(self, config: "TokenRecycling.Config", vocab_size: int = 0, **env) -> None:
         if vocab_size <= 0:
             raise ValueError("TokenRecycling needs the vocab size")
+        if config.k > vocab_size:
+            raise QuickdraftError(f"recycling k={config.k} exceeds the vocabulary ({vocab_size}); lower --set k")
         self.config = config
         self.needs_prefill_logits = config.harvest_prompt
         self.k = config.k

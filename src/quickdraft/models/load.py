@@ -106,8 +106,12 @@ def _convert(src: Path, out: Path, dtype: torch.dtype, display: str) -> None:
 
     eta = max(10, round(10 + src.stat().st_size / 1e6 * 0.1, -1))  # measured: 98 MB 18 s, 253 MB 60 s
     print(f"converting {display} to safetensors (one time, ~{eta:.0f} s)...", file=sys.stderr, flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise QuickdraftError(f"cannot write the weights cache at {out.parent} ({e.strerror}); "
+                              "set QUICKDRAFT_CACHE to a writable folder") from None
     try:
         try:
             with _quiet():
