@@ -75,7 +75,7 @@ class PromptLookup(BaseDrafter):
     class Config:
         max_ngram: int = 3  # longest suffix looked up
         min_ngram: int = 1  # shortest suffix looked up
-        num_pred: int = 10  # tokens proposed after a match (chain length)
+        num_pred: int = 6  # tokens proposed after a match (chain length; measured here, docs/tuning.md)
         latest: bool = True  # use the most recent occurrence (False: the earliest, as the reference code)
 
         def validate(self) -> None:
