@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -32,7 +32,6 @@ class Generation:
     tokens: list[int]  # generated token ids (prompt excluded)
     stats: Stats
     finish_reason: str  # "eos", "length", "stop" (a callback asked to stop) or "context"
-    budgets: list[int] = field(default_factory=list)
 
 
 # on_tokens(new_tokens) -> True to stop; sees every committed token once, in order.

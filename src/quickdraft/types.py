@@ -100,15 +100,6 @@ class Drafter(Protocol):
 
 
 @dataclass
-class StepRecord:
-    """One decoder step: drafted nodes, accepted drafted tokens, committed tokens."""
-
-    drafted: int
-    accepted: int
-    committed: int
-
-
-@dataclass
 class Stats:
     """Statistics of one generation. mean_accepted counts the bonus token, so it is >= 1."""
 
