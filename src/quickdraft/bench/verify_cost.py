@@ -69,6 +69,30 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path) -> None:
+    """Cost ratio against n for chain and tree, with y = 1 + n/8 for scale and the drafters' sizes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for shape, style in (("chain", "o-"), ("tree", "s--")):
+        xs = [int(n) for n in result[shape]]
+        ax.plot(xs, [result[shape][n] for n in result[shape]], style, label=shape, markersize=4)
+    for m, n in result.get("default_nodes", {}).items():
+        ax.axvline(n, color="grey", linewidth=0.7, linestyle=":")
+        ax.annotate(f"{m} ({n})", (n, ax.get_ylim()[1]), rotation=90, va="top", ha="right", fontsize=8)
+    ax.set_xlabel("draft nodes n verified with the root in one pass")
+    ax.set_ylabel("pass time / plain step time")
+    ax.set_title(f"{result['model']} ({result['dtype']}), context {result['context']}, T1 = {result['t1_ms']} ms")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     from ..models import DEFAULT_MODEL, load
 

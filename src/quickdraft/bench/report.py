@@ -1,0 +1,172 @@
+"""Benchmark arithmetic and presentation: records in, report.json / report.md / speedup.png out.
+
+A record is one generation: one question, turn, method and repeat. A *unit* is one question in
+one repeat; its speed for a method is the method's new tokens over its wall time, summed over the
+question's turns (Spec-Bench's per-question speed). Invariants of `aggregate`:
+  * A record with an error is never timed: a unit in which any turn of a method failed is left out
+    of that method's figures (and of every speedup and exact match when the baseline failed).
+  * speedup = mean over units of speed(method) / speed(baseline), on the units both completed;
+    `speedup_of_means` = mean speed(method) / mean speed(baseline) on the same units (Spec-Bench's
+    speed.py reports this second form).
+  * tokens_per_s is the mean of the unit speeds; mean_accepted = new tokens / target passes, over
+    units whose passes are all known; exact_match = share of paired units whose every turn has
+    exactly the baseline's token ids.
+  * roofline = tokens_per_s / (bandwidth / bytes of weights read per token).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+
+OVERALL = "overall"
+
+
+def _units(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
+    """{(question_id, repeat): {method: [records by turn]}}."""
+    out: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        out[(r["question_id"], r["repeat"])][r["method"]].append(r)
+    for d in out.values():
+        for rs in d.values():
+            rs.sort(key=lambda r: r["turn"])
+    return out
+
+
+def _ok(rs: list[dict] | None) -> bool:
+    return bool(rs) and all(not r.get("error") for r in rs)
+
+
+def _speed(rs: list[dict]) -> float:
+    wall = sum(r["wall_s"] for r in rs)
+    return sum(r["new_tokens"] for r in rs) / wall if wall > 0 else 0.0
+
+
+def _stats(method: str, baseline: str, units: list[dict[str, list[dict]]], limit: float | None) -> dict:
+    mine = [d[method] for d in units if _ok(d.get(method))]
+    paired = [(d[method], d[baseline]) for d in units if _ok(d.get(method)) and _ok(d.get(baseline))]
+    errors = sum(1 for d in units for r in d.get(method, []) if r.get("error"))
+    speeds = [_speed(rs) for rs in mine]
+    out: dict = {"n": len(mine), "errors": errors}
+    out["tokens_per_s"] = round(statistics.mean(speeds), 3) if speeds else None
+    out["tokens_per_s_median"] = round(statistics.median(speeds), 3) if speeds else None
+    ratios = [_speed(a) / _speed(b) for a, b in paired if _speed(b) > 0]
+    out["speedup"] = round(statistics.mean(ratios), 4) if ratios else None
+    out["speedup_geomean"] = round(math.exp(statistics.mean(math.log(x) for x in ratios)), 4) if ratios and min(ratios) > 0 else None
+    if paired:
+        mb = statistics.mean(_speed(b) for _, b in paired)
+        out["speedup_of_means"] = round(statistics.mean(_speed(a) for a, _ in paired) / mb, 4) if mb > 0 else None
+    else:
+        out["speedup_of_means"] = None
+    known = [rs for rs in mine if all(r.get("steps") for r in rs)]
+    steps = sum(r["steps"] for rs in known for r in rs)
+    out["mean_accepted"] = round(sum(r["new_tokens"] for rs in known for r in rs) / steps, 4) if steps else None
+    out["exact_match"] = (round(sum(all(x["token_ids"] == y["token_ids"] for x, y in zip(a, b)) and len(a) == len(b)
+                                    for a, b in paired) / len(paired), 4) if paired else None)
+    out["roofline"] = round(out["tokens_per_s"] / limit, 4) if limit and out["tokens_per_s"] else None
+    return out
+
+
+def aggregate(records: list[dict], methods: list[str], baseline: str = "ar",
+              bandwidth_gbps: float | None = None, weight_bytes: dict[str, int] | None = None) -> dict:
+    """{"methods": {method: {"overall": stats, category: stats, ...}}, "categories": [...]}."""
+    units = _units(records)
+    cats = list(dict.fromkeys(r["category"] for r in records))
+    by_cat = defaultdict(list)
+    for key, d in units.items():
+        cat = next(iter(d.values()))[0]["category"]
+        by_cat[cat].append(d)
+    out: dict = {"categories": cats, "methods": {}, "limits_tokens_per_s": {}}
+    for m in methods:
+        wb = (weight_bytes or {}).get(m)
+        limit = bandwidth_gbps * 1e9 / wb if bandwidth_gbps and wb else None
+        out["limits_tokens_per_s"][m] = round(limit, 2) if limit else None
+        per = {OVERALL: _stats(m, baseline, list(units.values()), limit)}
+        for c in cats:
+            per[c] = _stats(m, baseline, by_cat[c], limit)
+        out["methods"][m] = per
+    return out
+
+
+def _f(x, fmt: str = "{:.2f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def markdown(report: dict) -> str:
+    """The tables a person reads."""
+    meth = report["methods"]
+    names = list(meth)
+    base = report["baseline"]
+    mc = report["machine"]
+    bw = mc.get("memory_bandwidth", {})
+    lines = [
+        f"# quickdraft bench: {report['model']} ({report['dtype']})",
+        "",
+        f"- Command: `{report['command']}`",
+        f"- Date: {report['started']}; duration {report['duration_s'] / 60:.1f} min",
+        f"- Data: {report['data']} — {report['questions']} questions, categories: {', '.join(report['categories'])}; "
+        f"{report['max_new_tokens']} new tokens max, greedy, {report['repeats']} repeat(s)",
+        f"- Machine: {mc.get('cpu')}, {mc.get('cores')} cores ({mc.get('torch_threads')} torch threads), "
+        f"{mc.get('memory_gb')} GB; torch {mc.get('torch')}, transformers {mc.get('transformers')}, "
+        f"Python {mc.get('python')}",
+        f"- Memory bandwidth (measured): read {bw.get('read_gbps')} GB/s, copy {bw.get('copy_gbps')} GB/s; "
+        f"weights read per token: {report['weight_bytes'] / 1e6:.0f} MB, so plain decoding is bounded by "
+        f"{_f(report.get('limit_tokens_per_s'), '{:.1f}')} tok/s",
+        "",
+        "Speedup is against `" + base + "` (plain decoding in this engine), computed per question then averaged "
+        "(a question's speed = its new tokens / wall time summed over its turns); *ratio of means* is "
+        "mean speed / mean baseline speed, the form Spec-Bench's speed.py prints. Tokens are the new token ids "
+        "(an end-of-sequence token counts); wall time includes the prompt's prefill. *Passes*: new tokens per "
+        "target forward pass. *Exact*: share of questions whose every turn has exactly the baseline's token ids. "
+        "*Roofline*: tok/s over memory bandwidth / bytes of weights per token.",
+        "",
+        "## Overall",
+        "",
+        "| method | tok/s (mean) | tok/s (median) | speedup | ratio of means | tokens/pass | exact | roofline | questions | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in names:
+        s = meth[m][OVERALL]
+        lines.append(f"| {m} | {_f(s['tokens_per_s'], '{:.1f}')} | {_f(s['tokens_per_s_median'], '{:.1f}')} | "
+                     f"{_f(s['speedup'], '{:.2f}x')} | {_f(s['speedup_of_means'], '{:.2f}x')} | "
+                     f"{_f(s['mean_accepted'])} | {_f(s['exact_match'], '{:.0%}')} | {_f(s['roofline'])} | "
+                     f"{s['n']} | {s['errors']} |")
+    for title, key, fmt in (("Speedup per category", "speedup", "{:.2f}x"), ("Tokens/s per category", "tokens_per_s", "{:.1f}"),
+                            ("Tokens per target pass per category", "mean_accepted", "{:.2f}"),
+                            ("Exact match with the baseline per category", "exact_match", "{:.0%}")):
+        lines += ["", f"## {title}", "", "| category | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for c in report["categories"]:
+            lines.append(f"| {c} | " + " | ".join(_f(meth[m][c][key], fmt) for m in names) + " |")
+    if report.get("skipped"):
+        lines += ["", "## Skipped methods", ""] + [f"- `{m}`: {why}" for m, why in report["skipped"].items()]
+    if report.get("error_samples"):
+        lines += ["", "## Errors (first of each kind)", ""]
+        lines += [f"- `{m}` ({n} generation{'s' if n != 1 else ''}): {msg}" for m, (n, msg) in report["error_samples"].items()]
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_speedup(report: dict, path) -> None:
+    """Grouped bars: speedup over the baseline per category (and overall), one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in report["methods"] if m != report["baseline"]]
+    groups = report["categories"] + [OVERALL]
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups) * max(1, len(methods)) / 2), 4.5))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        ys = [report["methods"][m][g]["speedup"] or 0 for g in groups]
+        ax.bar([k + (i - (len(methods) - 1) / 2) * width for k in range(len(groups))], ys, width, label=m)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+    ax.set_ylabel(f"speedup over {report['baseline']}")
+    ax.set_title(f"{report['model']} ({report['dtype']}), {report['max_new_tokens']} new tokens, greedy")
+    ax.legend(fontsize=8, ncol=min(4, max(1, len(methods))))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

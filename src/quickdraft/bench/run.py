@@ -1,0 +1,282 @@
+"""`quickdraft bench`: Spec-Bench questions, every method against plain decoding, same process.
+
+Order of work (so that a machine slowing down hurts every method alike): load, measure memory
+bandwidth, warm every method up, then for each repeat, question and turn run every method back to
+back, rotating which method goes first from one question to the next. Each method keeps its own
+conversation: turn k's prompt holds that method's own answers to turns 1..k-1 (as Spec-Bench
+does). A generation that raises is recorded with its error and never timed; the later turns of
+that conversation are recorded as errors too. `records.jsonl` is written line by line as the run
+goes, so an interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from .. import drafters
+from ..errors import QuickdraftError
+from . import report as rep
+from .data import DEFAULT_DATA, load_questions, select
+from .machine import facts, weight_bytes
+from .runners import BASELINES, llamacpp_missing, make_runner
+
+BASELINE = "ar"
+
+
+def parse_methods(text: str, draft_model: str | None) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise QuickdraftError("--methods is empty; give a comma-separated list such as ar,pld,hf")
+    known = drafters.names() + list(BASELINES)
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise QuickdraftError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                              f"choose from: {', '.join(known)}")
+    if "hf-assisted" in methods and not draft_model:
+        raise QuickdraftError("hf-assisted needs a draft model; pass --draft-model NAME (or drop hf-assisted)")
+    methods = list(dict.fromkeys(methods))
+    if BASELINE not in methods:  # speedups are against plain decoding in this engine
+        methods.insert(0, BASELINE)
+    return methods
+
+
+def gguf_of(model: str) -> Path | None:
+    from ..models import MODELS, gguf_path
+
+    if model in MODELS:
+        return gguf_path(model)
+    p = Path(model).expanduser()
+    return p if p.is_file() and p.suffix.lower() == ".gguf" else None
+
+
+class Conversation:
+    """One method's conversation on one question: prompt ids for the next turn."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.messages: list[dict] = []
+        self.raw = ""
+
+    def prompt(self, turn: str) -> list[int]:
+        eng = self.engine
+        if eng.has_chat_template:
+            self.messages.append({"role": "user", "content": turn})
+            return eng.encode_turns(self.messages)
+        self.raw = (self.raw + "\n\n" + turn) if self.raw else turn
+        return eng.encode(self.raw, chat=False)
+
+    def answer(self, tokens: list[int]) -> None:
+        text = self.engine.tokenizer.decode(tokens, skip_special_tokens=True)
+        if self.engine.has_chat_template:
+            self.messages.append({"role": "assistant", "content": text})
+        else:
+            self.raw += text
+
+
+def _error_text(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:300]
+
+
+def run_bench(args, command: str | None = None) -> dict:
+    """Run the benchmark described by the parsed CLI args; write every output; return the summary."""
+    import torch
+    from tqdm import tqdm
+
+    from ..engine import Engine
+    from ..models import DEFAULT_MODEL
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    t_start = time.perf_counter()
+    max_new = args.max_new_tokens
+    if max_new < 1:
+        raise QuickdraftError("--max-new-tokens must be at least 1")
+    repeats = 1 if args.repeats is None else args.repeats
+    if repeats < 1:
+        raise QuickdraftError("--repeats must be at least 1")
+    methods = parse_methods(args.methods, args.draft_model)
+    for m in methods:
+        if m in drafters.names():
+            drafters.make_config(m, [])
+    data = Path(args.data) if args.data else DEFAULT_DATA
+    cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    questions = select(load_questions(data), cats, args.per_category)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "records.jsonl").write_text("")
+    except OSError as e:
+        raise QuickdraftError(f"cannot write to --out {out} ({e.strerror}); pick a writable folder") from None
+
+    skipped: dict[str, str] = {}
+    why = llamacpp_missing()
+    for m in ("llamacpp", "llamacpp-lookup"):
+        if m in methods and why:
+            skipped[m] = why
+    model_name = args.model or DEFAULT_MODEL
+    gguf = gguf_of(model_name)
+    for m in ("llamacpp", "llamacpp-lookup"):
+        if m in methods and m not in skipped and gguf is None:
+            skipped[m] = "needs a GGUF file: pass a registry model or a .gguf path as --model"
+    for m, reason in skipped.items():
+        print(f"quickdraft: bench: skipping {m}: {reason}", file=sys.stderr)
+    methods = [m for m in methods if m not in skipped]
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # generate()'s advice would break the progress bar
+    dtype = getattr(torch, args.dtype)
+    engine = Engine.load(model_name, dtype)
+    assistant = Engine.load(args.draft_model, dtype) if "hf-assisted" in methods else None
+    runners = {}
+    for m in methods:
+        try:
+            runners[m] = make_runner(m, engine, assistant=assistant, gguf=gguf,
+                                     n_ctx=min(engine.backend.max_context, 8192))
+        except QuickdraftError:
+            raise
+        except Exception as e:  # e.g. llama.cpp failing to open the file: report, go on without it
+            skipped[m] = f"could not start ({_error_text(e)})"
+            print(f"quickdraft: bench: skipping {m}: {skipped[m]}", file=sys.stderr)
+    methods = [m for m in methods if m in runners]
+    if BASELINE not in runners:
+        raise QuickdraftError("the baseline ar could not start")
+
+    print(f"quickdraft bench: {engine.name} ({args.dtype}), {len(questions)} questions, methods "
+          f"{', '.join(methods)}, {max_new} new tokens, {repeats} repeat(s); measuring memory bandwidth",
+          file=sys.stderr)
+    machine = facts(bandwidth=True)
+    wbytes = {m: getattr(r, "weight_bytes", None) or weight_bytes(engine.model) for m, r in runners.items()}
+
+    # warm-up: every method once on a short prompt (not recorded)
+    warm = Conversation(engine).prompt("Say hello.")
+    for m, r in runners.items():
+        try:
+            r.generate(warm, min(8, max_new))
+        except Exception:
+            pass  # a method that fails will fail again in the run and be recorded there
+
+    total = repeats * sum(len(q.turns) for q in questions) * len(methods)
+    records: list[dict] = []
+    bar = tqdm(total=total, desc="bench", unit="gen", file=sys.stderr, dynamic_ncols=True)
+    with open(out / "records.jsonl", "w", encoding="utf-8") as fh:
+        for repeat in range(repeats):
+            for qi, q in enumerate(questions):
+                order = methods[qi % len(methods):] + methods[:qi % len(methods)]
+                convs = {m: Conversation(engine) for m in methods}
+                failed: dict[str, str] = {}
+                for turn, text in enumerate(q.turns):
+                    for m in order:
+                        bar.set_postfix_str(f"q{q.question_id} t{turn + 1} {m}", refresh=False)
+                        rec = dict(question_id=q.question_id, category=q.category, turn=turn, repeat=repeat,
+                                   method=m, prompt_tokens=None, token_ids=[], new_tokens=0, steps=None,
+                                   wall_s=None, accepted_lengths=None, error=None)
+                        if m in failed:
+                            rec["error"] = f"skipped: an earlier turn failed ({failed[m]})"
+                        else:
+                            try:
+                                ids = convs[m].prompt(text)
+                                rec["prompt_tokens"] = len(ids)
+                                res = runners[m].generate(ids, max_new)
+                                convs[m].answer(res.tokens)
+                                rec.update(token_ids=res.tokens, new_tokens=len(res.tokens), steps=res.steps,
+                                           wall_s=round(res.wall_s, 6), accepted_lengths=res.accepted)
+                            except KeyboardInterrupt:
+                                raise
+                            except Exception as e:
+                                rec["error"] = _error_text(e)
+                                failed[m] = rec["error"]
+                        records.append(rec)
+                        fh.write(json.dumps(rec) + "\n")
+                        fh.flush()
+                        bar.update(1)
+    bar.close()
+
+    bw = machine["memory_bandwidth"]["read_gbps"]
+    agg = rep.aggregate(records, methods, BASELINE, bandwidth_gbps=bw, weight_bytes=wbytes)
+    errors: dict[str, list] = {}
+    for r in records:
+        if r["error"]:
+            e = errors.setdefault(r["method"], [0, r["error"]])
+            e[0] += 1
+    notes = []
+    if any(m.startswith("llamacpp") for m in methods):
+        notes.append("llamacpp* runs llama.cpp on the quantized GGUF file itself; the engine and hf* run the "
+                     "dequantized weights in " + args.dtype + ", so llama.cpp reads fewer bytes per token "
+                     "(its roofline uses the GGUF file size).")
+    if "hf-pld" in methods:
+        notes.append("hf-pld: generate(prompt_lookup_num_tokens=10), transformers' documented example value.")
+    if not engine.has_chat_template:
+        notes.append(f"{engine.name} has no chat template: turns are joined as raw text.")
+    report = {
+        "model": engine.name, "dtype": args.dtype, "baseline": BASELINE,
+        "command": command or "quickdraft bench", "started": started,
+        "duration_s": round(time.perf_counter() - t_start, 1),
+        "data": str(data) if args.data else "Spec-Bench question.jsonl (bundled)",
+        "questions": len(questions), "max_new_tokens": max_new, "repeats": repeats,
+        "draft_model": args.draft_model if "hf-assisted" in methods else None,
+        "machine": machine, "weight_bytes": weight_bytes(engine.model),
+        "limit_tokens_per_s": round(bw * 1e9 / weight_bytes(engine.model), 2),
+        "skipped": skipped, "error_samples": errors, "notes": notes,
+        **agg,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(rep.markdown(report), encoding="utf-8")
+    rep.plot_speedup(report, out / "speedup.png")
+    summary = {"model": engine.name, "dtype": args.dtype, "out": str(out), "questions": len(questions),
+               "duration_s": report["duration_s"],
+               "methods": {m: {k: report["methods"][m][rep.OVERALL][k]
+                               for k in ("tokens_per_s", "speedup", "mean_accepted", "exact_match", "errors")}
+                           for m in methods},
+               "skipped": sorted(skipped)}
+    print(rep.markdown(report).split("## Speedup per category")[0].rstrip(), file=sys.stderr)
+    return summary
+
+
+def profile_verify(args) -> dict:
+    """Cost of one target pass over n tree nodes / one plain step; table on stdout, verify_cost.png."""
+    import torch
+
+    from ..backend import HFBackend
+    from ..models import DEFAULT_MODEL, load
+    from .verify_cost import SIZES, measure, plot, table
+
+    repeats = 15 if args.repeats is None else args.repeats
+    if repeats < 1:
+        raise QuickdraftError("--repeats must be at least 1")
+    if args.context < 1:
+        raise QuickdraftError("--context must be at least 1")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QuickdraftError(f"cannot write to --out {out} ({e.strerror}); pick a writable folder") from None
+    model, _, name = load(args.model or DEFAULT_MODEL, getattr(torch, args.dtype))
+    backend = HFBackend(model)
+    sizes = tuple(n for n in SIZES if args.context + 1 + n <= backend.max_context)
+    if len(sizes) < 2:
+        raise QuickdraftError(f"--context {args.context} leaves no room for draft nodes in the model's context "
+                              f"of {backend.max_context}; use a smaller --context")
+    if sizes != SIZES:
+        print(f"quickdraft: bench: note: the model's context ({backend.max_context}) fits up to {sizes[-1]} nodes "
+              f"after a context of {args.context}", file=sys.stderr)
+    g = torch.Generator().manual_seed(1)
+    context = torch.randint(0, backend.vocab_size, (args.context,), generator=g).tolist()
+    res = measure(backend, context, sizes=sizes, repeats=repeats)
+    defaults = {m: drafters.create(m, [], vocab_size=backend.vocab_size).default_budget() for m in drafters.names()}
+    result = {"model": name, "dtype": args.dtype, "context": args.context, "repeats": repeats,
+              "default_nodes": {m: n for m, n in defaults.items() if n}, **res}
+    print(f"{name} {args.dtype}, context {args.context}, plain step T1 = {res['t1_ms']} ms; "
+          f"cost of one pass over root + n nodes / T1 (median of {repeats}):", file=sys.stderr)
+    print(table(res))
+    (out / "verify_cost.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "verify_cost.png")
+    return {**result, "out": str(out)}
+
+
+def command_line(argv: list[str]) -> str:
+    return "quickdraft " + " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,188 @@
+"""The methods a benchmark runs: the engine's drafters and the baselines users would pick instead.
+
+Every runner takes the same prompt token ids and returns a `Result` whose `tokens` are the new
+token ids, cut after the first end-of-sequence token (kept, as the engine keeps it), so tokens are
+counted the same way for every method. `wall_s` is the wall clock around the whole call (prefill
+included) for every method alike. `steps` is the number of target forward passes where it is
+known (the engine's own count; a forward hook on the target for transformers' `generate()`).
+
+Baselines (keys of BASELINES; drafters come from the registry):
+  hf               transformers generate(), greedy, same model object and dtype
+  hf-pld           generate(prompt_lookup_num_tokens=HF_PLD_TOKENS)
+  hf-assisted      generate(assistant_model=draft) (universal assisted decoding when tokenizers differ)
+  llamacpp         llama-cpp-python on the model's GGUF file (its own quantized weights), greedy
+  llamacpp-lookup  the same with llama-cpp-python's prompt-lookup draft (LlamaPromptLookupDecoding)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import QuickdraftError
+from ..types import SamplingParams
+
+HF_PLD_TOKENS = 10  # the value transformers' documentation uses for prompt_lookup_num_tokens
+LLAMACPP_LOOKUP_TOKENS = 10  # LlamaPromptLookupDecoding's num_pred_tokens default
+
+
+@dataclass
+class Result:
+    tokens: list[int]
+    wall_s: float
+    steps: int | None = None
+    accepted: list[int] | None = None  # tokens committed per step, where known
+
+
+def cut_at_eos(tokens: list[int], eos_ids: set[int], max_new: int) -> list[int]:
+    out = []
+    for t in tokens[:max_new]:
+        out.append(int(t))
+        if t in eos_ids:
+            break
+    return out
+
+
+class EngineRunner:
+    """A registry drafter through Engine.generate_ids (greedy)."""
+
+    kind = "engine"
+
+    def __init__(self, engine, method: str) -> None:
+        self.engine, self.method = engine, method
+        engine.drafter(method)  # build it now: unknown names fail before the run starts
+
+    def generate(self, ids: list[int], max_new: int) -> Result:
+        params = SamplingParams(max_new_tokens=max_new)
+        t = time.perf_counter()
+        g = self.engine.generate_ids(ids, self.method, params).generation
+        wall = time.perf_counter() - t
+        return Result(cut_at_eos(g.tokens, set(self.engine.eos_ids), max_new), wall, g.stats.steps,
+                      list(g.stats.accepted_lengths))
+
+
+class _PassCounter:
+    """Counts forward calls of a module (target passes of generate())."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.calls = 0
+        module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        self.calls += 1
+
+
+class HFRunner:
+    """transformers generate() on the engine's own model object, greedy."""
+
+    kind = "hf"
+
+    def __init__(self, engine, assistant=None, prompt_lookup: int | None = None) -> None:
+        self.engine = engine
+        self.kwargs: dict = {}
+        if prompt_lookup:
+            self.kwargs["prompt_lookup_num_tokens"] = prompt_lookup
+        if assistant is not None:
+            self.kwargs["assistant_model"] = assistant.model
+            if assistant.tokenizer.get_vocab() != engine.tokenizer.get_vocab():
+                self.kwargs.update(tokenizer=engine.tokenizer, assistant_tokenizer=assistant.tokenizer)
+        self.counter = _counter(engine.model)
+
+    def generate(self, ids: list[int], max_new: int) -> Result:
+        eng = self.engine
+        inp = torch.tensor([ids])
+        before = self.counter.calls
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = eng.model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new,
+                                     do_sample=False, temperature=None, top_p=None, top_k=None,
+                                     eos_token_id=eng.eos_ids or None,
+                                     pad_token_id=eng.eos_ids[0] if eng.eos_ids else None, **self.kwargs)
+        wall = time.perf_counter() - t
+        return Result(cut_at_eos(out[0, len(ids):].tolist(), set(eng.eos_ids), max_new), wall,
+                      self.counter.calls - before)
+
+
+def _counter(model) -> _PassCounter:
+    if not hasattr(model, "_quickdraft_pass_counter"):
+        model._quickdraft_pass_counter = _PassCounter(model)
+    return model._quickdraft_pass_counter
+
+
+class LlamaCppRunner:
+    """llama-cpp-python on a GGUF file, greedy, fed the same token ids; KV cache reset per call."""
+
+    kind = "llamacpp"
+
+    def __init__(self, gguf: Path, eos_ids: list[int], lookup: bool, n_ctx: int) -> None:
+        import llama_cpp
+
+        kwargs = {}
+        if lookup:
+            from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+            kwargs["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=LLAMACPP_LOOKUP_TOKENS)
+        # llama.cpp's AMX weight repacking (an "extra buffer type") segfaults in its first matmul on
+        # these machines: the CPU reports AMX but the VM does not enable it. Load without extra
+        # buffer types unless QUICKDRAFT_LLAMACPP_EXTRA_BUFTS=1.
+        from llama_cpp import llama_cpp as capi
+
+        default = capi.llama_model_default_params
+        if os.environ.get("QUICKDRAFT_LLAMACPP_EXTRA_BUFTS") != "1":
+            def params():
+                p = default()
+                p.use_extra_bufts = False
+                return p
+            capi.llama_model_default_params = params
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=os.cpu_count() or 1,
+                                       verbose=False, seed=0, **kwargs)
+        finally:
+            capi.llama_model_default_params = default
+        self.eos = set(eos_ids) | {self.llm.token_eos()}
+        self.weight_bytes = Path(gguf).stat().st_size
+
+    def generate(self, ids: list[int], max_new: int) -> Result:
+        self.llm.reset()  # no prefix reuse from the previous call: every method starts cold
+        out: list[int] = []
+        t = time.perf_counter()
+        for tok in self.llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+            out.append(int(tok))
+            if tok in self.eos or len(out) >= max_new:
+                break
+        wall = time.perf_counter() - t
+        return Result(cut_at_eos(out, self.eos, max_new), wall, None)
+
+
+BASELINES = ("hf", "hf-pld", "hf-assisted", "llamacpp", "llamacpp-lookup")
+
+
+def llamacpp_missing() -> str | None:
+    """Why llama-cpp-python cannot run here, or None."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return ("llama-cpp-python is not installed; install it with `pip install 'quickdraft[llamacpp]'` "
+                "(it builds from source, about 7 minutes here)")
+    return None
+
+
+def make_runner(method: str, engine, *, assistant=None, gguf: Path | None = None, n_ctx: int = 4096):
+    """A runner for a drafter name or a baseline; QuickdraftError for what cannot run."""
+    if method == "hf":
+        return HFRunner(engine)
+    if method == "hf-pld":
+        return HFRunner(engine, prompt_lookup=HF_PLD_TOKENS)
+    if method == "hf-assisted":
+        if assistant is None:
+            raise QuickdraftError("hf-assisted needs a draft model; pass --draft-model NAME")
+        return HFRunner(engine, assistant=assistant)
+    if method in ("llamacpp", "llamacpp-lookup"):
+        if gguf is None:
+            raise QuickdraftError(f"{method} needs a GGUF file; pass a registry model or a .gguf path as --model")
+        return LlamaCppRunner(gguf, engine.eos_ids, lookup=method == "llamacpp-lookup", n_ctx=n_ctx)
+    return EngineRunner(engine, method)

@@ -1,0 +1,198 @@
+"""quickdraft bench: report arithmetic on synthetic records, data checks, and end-to-end runs on a
+tiny in-test model that write every output file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quickdraft.bench import report as rep
+from quickdraft.bench.data import DEFAULT_DATA, load_questions, select
+from quickdraft.bench.run import parse_methods
+from quickdraft.cli import main
+from quickdraft.errors import QuickdraftError
+
+
+def rec(qid, cat, turn, method, n, wall, tokens=None, steps=None, error=None, repeat=0):
+    return dict(question_id=qid, category=cat, turn=turn, repeat=repeat, method=method, prompt_tokens=5,
+                token_ids=tokens if tokens is not None else list(range(n)), new_tokens=0 if error else n,
+                steps=steps, wall_s=None if error else wall, accepted_lengths=None, error=error)
+
+
+def synthetic():
+    return [
+        # q1, category A, two turns: ar 20 tokens / 2 s = 10 tok/s; x 20 / 1 s = 20 -> ratio 2; same tokens
+        rec(1, "A", 0, "ar", 10, 1.0, steps=10), rec(1, "A", 1, "ar", 10, 1.0, steps=10),
+        rec(1, "A", 0, "x", 10, 0.5, steps=5), rec(1, "A", 1, "x", 10, 0.5, steps=5),
+        # q2, category B: ar 20 / 1 s = 20; x 20 / 2 s = 10 -> ratio 0.5; different tokens
+        rec(2, "B", 0, "ar", 20, 1.0, steps=20), rec(2, "B", 0, "x", 20, 2.0, tokens=[7] * 20, steps=10),
+        # q3, category B: x fails -> left out of x's figures, counted as an error
+        rec(3, "B", 0, "ar", 20, 1.0, steps=20), rec(3, "B", 0, "x", 0, 0.0, error="RuntimeError: boom"),
+        # q4, category B: ar fails -> x's speed counts, but no speedup or exact match for q4
+        rec(4, "B", 0, "ar", 0, 0.0, error="RuntimeError: boom"), rec(4, "B", 0, "x", 30, 1.0, steps=10),
+    ]
+
+
+def test_report_arithmetic_on_synthetic_records():
+    agg = rep.aggregate(synthetic(), ["ar", "x"], "ar", bandwidth_gbps=1.0, weight_bytes={"ar": 10**8, "x": 10**8})
+    x = agg["methods"]["x"]["overall"]
+    assert x["n"] == 3 and x["errors"] == 1
+    assert x["tokens_per_s"] == pytest.approx((20 + 10 + 30) / 3)  # mean of per-question speeds
+    assert x["speedup"] == pytest.approx((2 + 0.5) / 2)  # per question, then averaged (q1, q2 only)
+    assert x["speedup_of_means"] == pytest.approx(((20 + 10) / 2) / ((10 + 20) / 2))
+    assert x["speedup_geomean"] == pytest.approx(1.0)
+    assert x["mean_accepted"] == pytest.approx((20 + 20 + 30) / (10 + 10 + 10), abs=1e-4)  # rounded to 4 places
+    assert x["exact_match"] == pytest.approx(0.5)
+    assert agg["limits_tokens_per_s"]["x"] == pytest.approx(10.0)  # 1 GB/s / 100 MB per token
+    assert x["roofline"] == pytest.approx(2.0)
+    a = agg["methods"]["ar"]["overall"]
+    assert a["speedup"] == 1.0 and a["exact_match"] == 1.0 and a["errors"] == 1 and a["n"] == 3
+    assert agg["methods"]["x"]["A"]["speedup"] == pytest.approx(2.0)
+    assert agg["methods"]["x"]["B"]["speedup"] == pytest.approx(0.5)
+    assert agg["methods"]["x"]["B"]["exact_match"] == 0.0 and agg["methods"]["x"]["A"]["exact_match"] == 1.0
+    assert agg["categories"] == ["A", "B"]
+
+
+def test_report_counts_a_later_failed_turn_against_the_whole_question():
+    rs = [rec(1, "A", 0, "ar", 10, 1.0), rec(1, "A", 1, "ar", 10, 1.0),
+          rec(1, "A", 0, "x", 10, 0.5), rec(1, "A", 1, "x", 0, 0, error="skipped: an earlier turn failed")]
+    x = rep.aggregate(rs, ["ar", "x"])["methods"]["x"]["overall"]
+    assert x["n"] == 0 and x["errors"] == 1 and x["speedup"] is None and x["tokens_per_s"] is None
+
+
+def test_report_repeats_are_separate_units_and_unknown_steps_give_no_accepted_figure():
+    rs = [rec(1, "A", 0, "ar", 10, 1.0, repeat=0), rec(1, "A", 0, "ar", 10, 2.0, repeat=1),
+          rec(1, "A", 0, "y", 10, 0.5, repeat=0), rec(1, "A", 0, "y", 10, 0.5, repeat=1)]
+    y = rep.aggregate(rs, ["ar", "y"])["methods"]["y"]["overall"]
+    assert y["n"] == 2 and y["speedup"] == pytest.approx((2 + 4) / 2) and y["mean_accepted"] is None
+
+
+def test_markdown_has_every_method_and_category():
+    agg = rep.aggregate(synthetic(), ["ar", "x"], "ar", bandwidth_gbps=1.0, weight_bytes={"ar": 10**8, "x": 10**8})
+    report = dict(model="m", dtype="float32", baseline="ar", command="quickdraft bench", started="now",
+                  duration_s=60, data="d", questions=4, max_new_tokens=8, repeats=1, machine={},
+                  weight_bytes=10**8, limit_tokens_per_s=10.0, skipped={"llamacpp": "not installed"},
+                  error_samples={"x": [1, "RuntimeError: boom"]}, notes=[], **agg)
+    md = rep.markdown(report)
+    assert "| x | 20.0 |" in md and "| B |" in md and "1.25x" in md and "llamacpp" in md and "boom" in md
+
+
+def test_bundled_data_is_spec_bench():
+    qs = load_questions(DEFAULT_DATA)
+    assert len(qs) == 480 and len({q.category for q in qs}) == 13
+    assert all(len(q.turns) == 2 for q in qs if q.category == "writing")
+    picked = select(qs, ["qa", "writing"], 3)
+    assert [q.category for q in picked] == ["qa"] * 3 + ["writing"] * 3
+    assert len(select(qs, None, 0)) == 480
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"question_id": 1, "category": "a"', "line 1 is not valid JSON"),
+    ('{"question_id": 1, "category": "a"}', "lacks turns"),
+    ('{"question_id": 1, "category": "a", "turns": []}', "turns must be"),
+    ('{"question_id": 1, "category": "a", "turns": ["x"]}\n{"question_id": 1, "category": "a", "turns": ["y"]}', "twice"),
+    ("", "no questions"),
+])
+def test_broken_data_files_give_one_line(tmp_path, content, needle):
+    p = tmp_path / "q.jsonl"
+    p.write_text(content)
+    with pytest.raises(QuickdraftError, match=needle):
+        load_questions(p)
+
+
+def test_selection_and_method_errors():
+    qs = load_questions(DEFAULT_DATA)
+    with pytest.raises(QuickdraftError, match="unknown category nope"):
+        select(qs, ["nope"], 1)
+    with pytest.raises(QuickdraftError, match="per-category"):
+        select(qs, None, -1)
+    with pytest.raises(QuickdraftError, match="unknown method bogus"):
+        parse_methods("pld,bogus", None)
+    with pytest.raises(QuickdraftError, match="--draft-model"):
+        parse_methods("hf-assisted", None)
+    assert parse_methods("pld,hf", None) == ["ar", "pld", "hf"]
+
+
+def write_data(path):
+    rows = [
+        {"question_id": 1, "category": "multi", "turns": ["w7 w8 w9 w7 w8", "w9 w10 w7 w8"]},
+        {"question_id": 2, "category": "single", "turns": ["w11 w12 w13 w11 w12"]},
+        # longer than the tiny model's 64-token context: every engine method records an error
+        {"question_id": 3, "category": "single", "turns": [" ".join(f"w{6 + i % 80}" for i in range(80))]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_bench_end_to_end_on_a_tiny_model(tmp_path, capsys, tiny_folder):
+    data = tmp_path / "q.jsonl"
+    write_data(data)
+    out = tmp_path / "out"
+    argv = ["bench", "--model", str(tiny_folder), "--dtype", "float32", "--data", str(data),
+            "--methods", "pld,recycling,hf,hf-pld,hf-assisted,llamacpp", "--draft-model", str(tiny_folder),
+            "--max-new-tokens", "6", "--per-category", "0", "--out", str(out)]
+    code = main(argv)
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])  # the last stdout line is the JSON summary
+    for f in ("records.jsonl", "report.json", "report.md", "speedup.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert "skipping llamacpp" in stderr and "llamacpp" in summary["skipped"]
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    methods = ["ar", "pld", "recycling", "hf", "hf-pld", "hf-assisted"]
+    assert len(records) == (2 + 1 + 1) * len(methods)  # every turn of every question, every method
+    assert {r["method"] for r in records} == set(methods)
+    ok = [r for r in records if not r["error"]]
+    assert all(r["new_tokens"] == len(r["token_ids"]) and 0 < r["new_tokens"] <= 6 and r["wall_s"] > 0 for r in ok)
+    # the too-long question fails in the engine's methods and is recorded, not timed
+    bad = [r for r in records if r["question_id"] == 3 and r["method"] in ("ar", "pld", "recycling")]
+    assert all(r["error"] and "context" in r["error"] and r["wall_s"] is None for r in bad)
+    # turn 2 holds the method's own first answer
+    t = {(r["method"], r["turn"]): r for r in records if r["question_id"] == 1}
+    assert t[("ar", 1)]["prompt_tokens"] > t[("ar", 0)]["prompt_tokens"] + len(t[("ar", 0)]["token_ids"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline"] == "ar" and report["machine"]["memory_bandwidth"]["read_gbps"] > 0
+    o = report["methods"]
+    # fp32, greedy: every lossless method gives ar's tokens on the questions that ran
+    for m in methods:
+        assert o[m]["overall"]["exact_match"] == 1.0, m
+        # transformers' generate() runs past the context without raising, so hf* complete question 3
+        assert o[m]["overall"]["n"] == (3 if m.startswith("hf") else 2), m
+    assert o["ar"]["overall"]["errors"] == 1 and o["ar"]["overall"]["mean_accepted"] == 1.0
+    assert set(o["pld"]) == {"overall", "multi", "single"}
+    assert summary["methods"]["pld"]["speedup"] == o["pld"]["overall"]["speedup"]
+    md = (out / "report.md").read_text()
+    assert "## Speedup per category" in md and "hf-assisted" in md and "context" in md
+
+
+def test_profile_verify_on_a_tiny_model(tmp_path, capsys, tiny_folder):
+    out = tmp_path / "vc"
+    argv = ["bench", "--profile-verify", "--model", str(tiny_folder), "--dtype", "float32", "--repeats", "1",
+            "--out", str(out)]
+    code = main(argv + ["--context", "63"])  # the tiny model's context is 64: no room for nodes
+    stdout, stderr = capsys.readouterr()
+    assert code == 2 and "--context" in stderr
+    code = main(argv + ["--context", "4"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert "| chain |" in stdout and "| tree |" in stdout
+    assert res["chain"]["0"] == 1.0 and "48" in res["tree"] and "64" not in res["tree"]  # 4 + 1 + 64 > 64
+    assert "fits up to 48 nodes" in stderr
+    assert (out / "verify_cost.png").stat().st_size > 0 and (out / "verify_cost.json").is_file()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["bench", "--methods", "bogus"], "unknown method"),
+    (["bench", "--methods", "hf-assisted"], "--draft-model"),
+    (["bench", "--categories", "nope"], "unknown category"),
+    (["bench", "--per-category", "-1"], "per-category"),
+    (["bench", "--repeats", "0"], "repeats"),
+    (["bench", "--max-new-tokens", "0"], "max-new-tokens"),
+    (["bench", "--data", "/no/such/file.jsonl"], "not found"),
+    (["bench", "--dtype", "int8"], "--dtype"),
+])
+def test_bench_bad_input_is_one_line_exit_2(capsys, argv, needle, tmp_path):
+    code = main(argv + ["--out", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
