@@ -78,6 +78,30 @@ def test_markdown_has_every_method_and_category():
     assert "| x | 20.0 |" in md and "| B |" in md and "1.25x" in md and "llamacpp" in md and "boom" in md
 
 
+def test_divergence_finds_the_first_differing_token_and_its_margin(tiny_folder):
+    import torch
+
+    from quickdraft.bench.data import Question
+    from quickdraft.bench.run import Conversation, divergences
+    from quickdraft.engine import Engine
+
+    engine = Engine.load(str(tiny_folder), torch.float32)
+    q = Question(1, "A", ("w7 w8 w9", "w10 w11"))
+    conv = Conversation(engine)
+    ids0 = conv.prompt(q.turns[0])
+    a0 = engine.generate_ids(ids0, "ar", __import__("quickdraft").types.SamplingParams(max_new_tokens=5)).generation.tokens
+    a1 = [5, 6, 7]
+    rs = [rec(1, "A", 0, "ar", len(a0), 1.0, tokens=a0), rec(1, "A", 1, "ar", 3, 1.0, tokens=a1),
+          rec(1, "A", 0, "x", len(a0), 1.0, tokens=a0), rec(1, "A", 1, "x", 3, 1.0, tokens=[5, 9, 7])]
+    d = divergences(engine, [q], rs, ["ar", "x"], progress=False)["x"]
+    assert [(e["turn"], e["pos"]) for e in d] == [(1, 1)]
+    conv.answer(a0)
+    ids1 = conv.prompt(q.turns[1])
+    with torch.inference_mode():
+        top2 = engine.model(input_ids=torch.tensor([ids1 + [5]])).logits[0, -1].topk(2).values
+    assert d[0]["margin"] == pytest.approx(float(top2[0] - top2[1]), abs=1e-3)
+
+
 def test_bundled_data_is_spec_bench():
     qs = load_questions(DEFAULT_DATA)
     assert len(qs) == 480 and len({q.category for q in qs}) == 13
@@ -161,6 +185,8 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, capsys, tiny_folder):
     assert o["ar"]["overall"]["errors"] == 1 and o["ar"]["overall"]["mean_accepted"] == 1.0
     assert set(o["pld"]) == {"overall", "multi", "single"}
     assert summary["methods"]["pld"]["speedup"] == o["pld"]["overall"]["speedup"]
+    # fp32: no method differs from ar, so there is nothing to explain
+    assert report["divergence"] == {m: [] for m in methods if m != "ar"}
     md = (out / "report.md").read_text()
     assert "## Speedup per category" in md and "hf-assisted" in md and "context" in md
 

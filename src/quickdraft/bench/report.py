@@ -138,6 +138,21 @@ def markdown(report: dict) -> str:
         lines += ["", f"## {title}", "", "| category | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for c in report["categories"]:
             lines.append(f"| {c} | " + " | ".join(_f(meth[m][c][key], fmt) for m in names) + " |")
+    if report.get("divergence"):
+        lines += ["", f"## Where greedy outputs differ from {base}", "",
+                  f"For each question whose output differs: the first differing turn whose prompt is still {base}'s, "
+                  f"the first differing token, and {base}'s top-2 logit margin there (one plain forward). Scoring "
+                  "several tokens per pass uses other matrix shapes, which round differently in low precision; a "
+                  "margin within a few rounding steps of the logits is a near-tie, a large margin would be a bug.",
+                  "", "| method | questions differing | first differing token (median) | margin median | margin max |",
+                  "|---|---|---|---|---|"]
+        for m, ds in report["divergence"].items():
+            if ds:
+                ms = sorted(d["margin"] for d in ds)
+                lines.append(f"| {m} | {len(ds)} | {statistics.median(d['pos'] for d in ds):.0f} | "
+                             f"{statistics.median(ms):.3f} | {ms[-1]:.3f} |")
+            else:
+                lines.append(f"| {m} | 0 | – | – | – |")
     if report.get("skipped"):
         lines += ["", "## Skipped methods", ""] + [f"- `{m}`: {why}" for m, why in report["skipped"].items()]
     if report.get("error_samples"):

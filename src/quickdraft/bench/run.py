@@ -77,6 +77,55 @@ class Conversation:
             self.raw += text
 
 
+def divergences(engine, questions, records: list[dict], methods: list[str], baseline: str = BASELINE,
+                progress: bool = True) -> dict[str, list[dict]]:
+    """Where a method's greedy output differs from the baseline's: the first differing turn whose
+    prompt is still the baseline's (all earlier turns equal), the first differing position, and
+    the baseline model's top-2 logit margin there (one plain forward over prompt + common prefix).
+    A margin near 0 is a near-tie that other matrix shapes may round the other way."""
+    import torch
+    from tqdm import tqdm
+
+    qmap = {q.question_id: q for q in questions}
+    units: dict[tuple, dict[str, list[dict]]] = {}
+    for r in records:
+        units.setdefault((r["question_id"], r["repeat"]), {}).setdefault(r["method"], []).append(r)
+    todo = []
+    for (qid, repeat), d in units.items():
+        a = sorted(d.get(baseline, []), key=lambda r: r["turn"])
+        if not a or any(r["error"] for r in a):
+            continue
+        for m in methods:
+            rs = sorted(d.get(m, []), key=lambda r: r["turn"])
+            if m == baseline or not rs or any(r["error"] for r in rs):
+                continue
+            for turn, (x, y) in enumerate(zip(rs, a)):
+                if x["token_ids"] != y["token_ids"]:
+                    todo.append((m, qid, repeat, turn, a))
+                    break
+    out: dict[str, list[dict]] = {m: [] for m in methods if m != baseline}
+    cache: dict[tuple, float] = {}
+    for m, qid, repeat, turn, a in tqdm(todo, desc="divergence", unit="output", file=sys.stderr,
+                                         disable=not progress or not todo):
+        conv = Conversation(engine)
+        for k in range(turn):
+            conv.prompt(qmap[qid].turns[k])
+            conv.answer(a[k]["token_ids"])
+        ids = conv.prompt(qmap[qid].turns[turn])
+        mine = next(r for r in records if r["question_id"] == qid and r["repeat"] == repeat
+                    and r["method"] == m and r["turn"] == turn)["token_ids"]
+        ref = a[turn]["token_ids"]
+        pos = next((i for i, (u, v) in enumerate(zip(mine, ref)) if u != v), min(len(mine), len(ref)))
+        key = (qid, repeat, turn, pos)
+        if key not in cache:
+            with torch.inference_mode():
+                logits = engine.model(input_ids=torch.tensor([ids + ref[:pos]])).logits[0, -1].float()
+            top2 = logits.topk(2).values
+            cache[key] = round(float(top2[0] - top2[1]), 4)
+        out[m].append(dict(question_id=qid, repeat=repeat, turn=turn, pos=pos, margin=cache[key]))
+    return out
+
+
 def _error_text(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {msg}"[:300]
@@ -196,6 +245,8 @@ def run_bench(args, command: str | None = None) -> dict:
                         bar.update(1)
     bar.close()
 
+    checked = [m for m in methods if getattr(runners[m], "same_weights", False)]
+    diverged = divergences(engine, questions, records, checked)
     bw = machine["memory_bandwidth"]["read_gbps"]
     agg = rep.aggregate(records, methods, BASELINE, bandwidth_gbps=bw, weight_bytes=wbytes)
     errors: dict[str, list] = {}
@@ -221,7 +272,7 @@ def run_bench(args, command: str | None = None) -> dict:
         "draft_model": args.draft_model if "hf-assisted" in methods else None,
         "machine": machine, "weight_bytes": weight_bytes(engine.model),
         "limit_tokens_per_s": round(bw * 1e9 / weight_bytes(engine.model), 2),
-        "skipped": skipped, "error_samples": errors, "notes": notes,
+        "skipped": skipped, "error_samples": errors, "notes": notes, "divergence": diverged,
         **agg,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))

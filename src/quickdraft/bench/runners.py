@@ -51,6 +51,7 @@ class EngineRunner:
     """A registry drafter through Engine.generate_ids (greedy)."""
 
     kind = "engine"
+    same_weights = True  # runs the engine's own weights: differences from ar are numerics only
 
     def __init__(self, engine, method: str) -> None:
         self.engine, self.method = engine, method
@@ -80,6 +81,7 @@ class HFRunner:
     """transformers generate() on the engine's own model object, greedy."""
 
     kind = "hf"
+    same_weights = True
 
     def __init__(self, engine, assistant=None, prompt_lookup: int | None = None) -> None:
         self.engine = engine
@@ -117,6 +119,7 @@ class LlamaCppRunner:
     """llama-cpp-python on a GGUF file, greedy, fed the same token ids; KV cache reset per call."""
 
     kind = "llamacpp"
+    same_weights = False  # its own quantized weights: its outputs differ from ar's by design
 
     def __init__(self, gguf: Path, eos_ids: list[int], lookup: bool, n_ctx: int) -> None:
         import llama_cpp
