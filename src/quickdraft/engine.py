@@ -95,6 +95,10 @@ class Engine:
             self._drafters[key] = drafters.create(method, list(settings or []), vocab_size=self.backend.vocab_size)
         return self._drafters[key]
 
+    def reset_drafters(self) -> None:
+        """Forget every drafter (and what it learned across requests); they are rebuilt on next use."""
+        self._drafters.clear()
+
     def generate_ids(self, prompt_ids: list[int], method: str = "ar", params: SamplingParams = SamplingParams(),
                      settings: list[str] | None = None, budget: int | None = None,
                      on_text: Callable[[str], None] | None = None) -> Reply:

@@ -69,5 +69,11 @@ def facts(bandwidth: bool = True) -> dict:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters (tied embeddings counted once, as they are read once)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of weights one decoding step reads: every parameter once (tied embeddings are one
+    tensor), except an untied input embedding, of which a step reads one row."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    emb = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if emb is not None and (head is None or head.weight is not emb):
+        total -= (emb.shape[0] - 1) * emb.shape[1] * emb.element_size()
+    return total

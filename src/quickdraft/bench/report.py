@@ -3,8 +3,9 @@
 A record is one generation: one question, turn, method and repeat. A *unit* is one question in
 one repeat; its speed for a method is the method's new tokens over its wall time, summed over the
 question's turns (Spec-Bench's per-question speed). Invariants of `aggregate`:
-  * A record with an error is never timed: a unit in which any turn of a method failed is left out
-    of that method's figures (and of every speedup and exact match when the baseline failed).
+  * A record with an error is never timed: a unit in which any turn of a method or of the baseline
+    failed is left out of that method's figures, so every figure of a method is over the same
+    units as its speedup. `errors` counts failed generations (not the later turns skipped after one).
   * speedup = mean over units of speed(method) / speed(baseline), on the units both completed;
     `speedup_of_means` = mean speed(method) / mean speed(baseline) on the same units (Spec-Bench's
     speed.py reports this second form).
@@ -35,30 +36,27 @@ def _units(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
 
 
 def _ok(rs: list[dict] | None) -> bool:
-    return bool(rs) and all(not r.get("error") for r in rs)
+    """Every turn ran without error and took measurable time."""
+    return bool(rs) and all(not r.get("error") for r in rs) and sum(r["wall_s"] for r in rs) > 0
 
 
 def _speed(rs: list[dict]) -> float:
-    wall = sum(r["wall_s"] for r in rs)
-    return sum(r["new_tokens"] for r in rs) / wall if wall > 0 else 0.0
+    return sum(r["new_tokens"] for r in rs) / sum(r["wall_s"] for r in rs)
 
 
 def _stats(method: str, baseline: str, units: list[dict[str, list[dict]]], limit: float | None) -> dict:
-    mine = [d[method] for d in units if _ok(d.get(method))]
     paired = [(d[method], d[baseline]) for d in units if _ok(d.get(method)) and _ok(d.get(baseline))]
-    errors = sum(1 for d in units for r in d.get(method, []) if r.get("error"))
+    mine = [a for a, _ in paired]  # every figure is over the questions this method and the baseline completed
+    errors = sum(1 for d in units for r in d.get(method, []) if r.get("error") and not r["error"].startswith("skipped:"))
     speeds = [_speed(rs) for rs in mine]
     out: dict = {"n": len(mine), "errors": errors}
     out["tokens_per_s"] = round(statistics.mean(speeds), 3) if speeds else None
     out["tokens_per_s_median"] = round(statistics.median(speeds), 3) if speeds else None
-    ratios = [_speed(a) / _speed(b) for a, b in paired if _speed(b) > 0]
+    ratios = [_speed(a) / _speed(b) for a, b in paired]
     out["speedup"] = round(statistics.mean(ratios), 4) if ratios else None
     out["speedup_geomean"] = round(math.exp(statistics.mean(math.log(x) for x in ratios)), 4) if ratios and min(ratios) > 0 else None
-    if paired:
-        mb = statistics.mean(_speed(b) for _, b in paired)
-        out["speedup_of_means"] = round(statistics.mean(_speed(a) for a, _ in paired) / mb, 4) if mb > 0 else None
-    else:
-        out["speedup_of_means"] = None
+    mb = statistics.mean(_speed(b) for _, b in paired) if paired else 0
+    out["speedup_of_means"] = round(statistics.mean(speeds) / mb, 4) if mb > 0 else None
     known = [rs for rs in mine if all(r.get("steps") for r in rs)]
     steps = sum(r["steps"] for rs in known for r in rs)
     out["mean_accepted"] = round(sum(r["new_tokens"] for rs in known for r in rs) / steps, 4) if steps else None

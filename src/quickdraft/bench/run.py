@@ -119,11 +119,22 @@ def divergences(engine, questions, records: list[dict], methods: list[str], base
         key = (qid, repeat, turn, pos)
         if key not in cache:
             with torch.inference_mode():
-                logits = engine.model(input_ids=torch.tensor([ids + ref[:pos]])).logits[0, -1].float()
+                logits = engine.model(input_ids=torch.tensor([ids + ref[:pos]]), logits_to_keep=1).logits[0, -1].float()
             top2 = logits.topk(2).values
             cache[key] = round(float(top2[0] - top2[1]), 4)
         out[m].append(dict(question_id=qid, repeat=repeat, turn=turn, pos=pos, margin=cache[key]))
     return out
+
+
+def _check_out(out: Path) -> None:
+    """Create --out and make sure it is writable, without touching what is in it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".quickdraft-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise QuickdraftError(f"cannot write to --out {out} ({e.strerror}); pick a writable folder") from None
 
 
 def _error_text(e: BaseException) -> str:
@@ -155,11 +166,7 @@ def run_bench(args, command: str | None = None) -> dict:
     cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     questions = select(load_questions(data), cats, args.per_category)
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "records.jsonl").write_text("")
-    except OSError as e:
-        raise QuickdraftError(f"cannot write to --out {out} ({e.strerror}); pick a writable folder") from None
+    _check_out(out)
 
     skipped: dict[str, str] = {}
     why = llamacpp_missing()
@@ -200,22 +207,32 @@ def run_bench(args, command: str | None = None) -> dict:
           file=sys.stderr)
     machine = facts(bandwidth=True)
     wbytes = {m: getattr(r, "weight_bytes", None) or weight_bytes(engine.model) for m, r in runners.items()}
+    machine["llamacpp_threads"] = torch.get_num_threads() if any(r.kind == "llamacpp" for r in runners.values()) else None
 
     # warm-up: every method once on a short prompt (not recorded)
     warm = Conversation(engine).prompt("Say hello.")
-    for m, r in runners.items():
-        try:
-            r.generate(warm, min(8, max_new))
-        except Exception:
-            pass  # a method that fails will fail again in the run and be recorded there
+
+    def warm_up() -> None:  # every method once on a short prompt, not recorded
+        for r in runners.values():
+            try:
+                r.generate(warm, min(8, max_new))
+            except Exception:
+                pass  # a method that fails will fail again in the run and be recorded there
+
+    warm_up()
+    ctx = engine.backend.max_context
 
     total = repeats * sum(len(q.turns) for q in questions) * len(methods)
     records: list[dict] = []
     bar = tqdm(total=total, desc="bench", unit="gen", file=sys.stderr, dynamic_ncols=True)
     with open(out / "records.jsonl", "w", encoding="utf-8") as fh:
         for repeat in range(repeats):
+            if repeat:  # drafters that learn across requests start each repeat as fresh as the first
+                engine.reset_drafters()
+                warm_up()
             for qi, q in enumerate(questions):
-                order = methods[qi % len(methods):] + methods[:qi % len(methods)]
+                k = (qi + repeat) % len(methods)
+                order = methods[k:] + methods[:k]
                 convs = {m: Conversation(engine) for m in methods}
                 failed: dict[str, str] = {}
                 for turn, text in enumerate(q.turns):
@@ -230,7 +247,10 @@ def run_bench(args, command: str | None = None) -> dict:
                             try:
                                 ids = convs[m].prompt(text)
                                 rec["prompt_tokens"] = len(ids)
-                                res = runners[m].generate(ids, max_new)
+                                if len(ids) >= ctx:  # the engine's rule, applied to every method alike
+                                    raise QuickdraftError(f"the prompt has {len(ids)} tokens but the model's "
+                                                          f"context is {ctx}")
+                                res = runners[m].generate(ids, min(max_new, ctx - len(ids)))
                                 convs[m].answer(res.tokens)
                                 rec.update(token_ids=res.tokens, new_tokens=len(res.tokens), steps=res.steps,
                                            wall_s=round(res.wall_s, 6), accepted_lengths=res.accepted)
@@ -246,12 +266,16 @@ def run_bench(args, command: str | None = None) -> dict:
     bar.close()
 
     checked = [m for m in methods if getattr(runners[m], "same_weights", False)]
-    diverged = divergences(engine, questions, records, checked)
+    try:
+        diverged = divergences(engine, questions, records, checked)
+    except Exception as e:  # never lose the measured run over the analysis
+        diverged = {}
+        print(f"quickdraft: bench: divergence analysis failed ({_error_text(e)})", file=sys.stderr)
     bw = machine["memory_bandwidth"]["read_gbps"]
     agg = rep.aggregate(records, methods, BASELINE, bandwidth_gbps=bw, weight_bytes=wbytes)
     errors: dict[str, list] = {}
     for r in records:
-        if r["error"]:
+        if r["error"] and not r["error"].startswith("skipped:"):
             e = errors.setdefault(r["method"], [0, r["error"]])
             e[0] += 1
     notes = []
@@ -302,10 +326,7 @@ def profile_verify(args) -> dict:
     if args.context < 1:
         raise QuickdraftError("--context must be at least 1")
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise QuickdraftError(f"cannot write to --out {out} ({e.strerror}); pick a writable folder") from None
+    _check_out(out)
     model, _, name = load(args.model or DEFAULT_MODEL, getattr(torch, args.dtype))
     backend = HFBackend(model)
     sizes = tuple(n for n in SIZES if args.context + 1 + n <= backend.max_context)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import GenerationConfig
 
 from ..errors import QuickdraftError
 from ..types import SamplingParams
@@ -99,11 +100,13 @@ class HFRunner:
         inp = torch.tensor([ids])
         before = self.counter.calls
         t = time.perf_counter()
+        # a fresh config: plain greedy, whatever the model folder's generation_config asks for
+        # (repetition penalties, minimum lengths, suppressed tokens would change what is measured)
+        config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=eng.eos_ids or None,
+                                  pad_token_id=eng.eos_ids[0] if eng.eos_ids else None)
         with torch.inference_mode():
-            out = eng.model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new,
-                                     do_sample=False, temperature=None, top_p=None, top_k=None,
-                                     eos_token_id=eng.eos_ids or None,
-                                     pad_token_id=eng.eos_ids[0] if eng.eos_ids else None, **self.kwargs)
+            out = eng.model.generate(inp, attention_mask=torch.ones_like(inp), generation_config=config,
+                                     **self.kwargs)
         wall = time.perf_counter() - t
         return Result(cut_at_eos(out[0, len(ids):].tolist(), set(eng.eos_ids), max_new), wall,
                       self.counter.calls - before)
@@ -142,7 +145,7 @@ class LlamaCppRunner:
                 return p
             capi.llama_model_default_params = params
         try:
-            self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=os.cpu_count() or 1,
+            self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=torch.get_num_threads(),
                                        verbose=False, seed=0, **kwargs)
         finally:
             capi.llama_model_default_params = default

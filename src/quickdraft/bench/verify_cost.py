@@ -5,13 +5,11 @@ tree (a best-first Token Recycling template, custom 4-D mask), followed by the c
 the nodes again, so every repeat starts from the same cache. Sizes are interleaved within each
 repeat and the median is reported, so a machine that slows down affects all sizes alike.
 
-Run: python -m quickdraft.bench.verify_cost [--model NAME] [--context 300] [--repeats 15]
+Run: quickdraft bench --profile-verify [--model NAME] [--context 300] [--repeats 15]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
@@ -91,27 +89,3 @@ def plot(result: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def main() -> None:
-    from ..models import DEFAULT_MODEL, load
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    ap.add_argument("--context", type=int, default=300)
-    ap.add_argument("--repeats", type=int, default=15)
-    args = ap.parse_args()
-    model, _, name = load(args.model, getattr(torch, args.dtype))
-    backend = HFBackend(model)
-    g = torch.Generator().manual_seed(1)
-    context = torch.randint(0, backend.vocab_size, (args.context,), generator=g).tolist()
-    res = measure(backend, context, repeats=args.repeats)
-    print(f"{name} {args.dtype}, context {args.context}, plain step T1 = {res['t1_ms']} ms; "
-          f"cost of one pass over root + n nodes / T1 (median of {args.repeats}):")
-    print(table(res))
-    print(json.dumps({"model": name, "dtype": args.dtype, "context": args.context, **res}))
-
-
-if __name__ == "__main__":
-    main()
