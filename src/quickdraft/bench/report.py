@@ -170,7 +170,7 @@ def plot_speedup(report: dict, path) -> None:
 
     methods = [m for m in report["methods"] if m != report["baseline"]]
     groups = report["categories"] + [OVERALL]
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups) * max(1, len(methods)) / 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16, max(8, 0.16 * len(groups) * max(1, len(methods)) + 2)), 5))
     width = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
         ys = [report["methods"][m][g]["speedup"] or 0 for g in groups]
@@ -179,7 +179,8 @@ def plot_speedup(report: dict, path) -> None:
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
     ax.set_ylabel(f"speedup over {report['baseline']}")
     ax.set_title(f"{report['model']} ({report['dtype']}), {report['max_new_tokens']} new tokens, greedy")
-    ax.legend(fontsize=8, ncol=min(4, max(1, len(methods))))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(4, max(1, len(methods))), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

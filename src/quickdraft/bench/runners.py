@@ -173,7 +173,7 @@ def llamacpp_missing() -> str | None:
         import llama_cpp  # noqa: F401
     except ImportError:
         return ("llama-cpp-python is not installed; install it with `pip install 'quickdraft[llamacpp]'` "
-                "(it builds from source, about 7 minutes here)")
+                "(it builds from source, about 10 minutes on 2 cores)")
     return None
 
 
