@@ -204,7 +204,8 @@ def cmd_bench(args, argv: list[str] | None = None) -> int:
     from .bench.run import command_line, profile_verify, run_bench
     from .models import DEFAULT_MODEL
 
-    args.dtype = _dtype(args.dtype) and DTYPES[args.dtype]
+    _dtype(args.dtype)  # one-line error for an unknown dtype, before anything runs
+    args.dtype = DTYPES[args.dtype]
     if args.out is None:
         tag = "verify-cost" if args.profile_verify else time.strftime("%Y%m%d-%H%M%S")
         name = os.path.basename(os.path.normpath(args.model or DEFAULT_MODEL))

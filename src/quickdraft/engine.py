@@ -107,13 +107,10 @@ class Engine:
         decoder = Decoder(self.backend, drafter, eos_ids=self.eos_ids)
         stream = TextStream(self.tokenizer)
         held = ""  # text withheld because it might be the start of a stop string
-        stopped_at: list[int] = []
+        stopped = False
 
         def on_tokens(new: list[int]) -> bool:
-            nonlocal held
-            if on_text is None and not params.stop:  # nobody reads the text: decode once at the end
-                stream.tokens.extend(new)
-                return False
+            nonlocal held, stopped
             piece = stream.push(new)
             if params.stop:
                 text = held + piece
@@ -122,7 +119,7 @@ class Engine:
                     if i >= 0:
                         if on_text and i:
                             on_text(text[:i])
-                        stopped_at.append(len(stream.tokens))
+                        stopped = True
                         return True
                 keep = max((len(s) - 1 for s in params.stop), default=0)
                 cut = max(0, len(text) - keep)
@@ -131,9 +128,11 @@ class Engine:
                 on_text(piece)
             return False
 
-        gen = decoder.generate(prompt_ids, params, budget if budget is not None else drafter.default_budget(), on_tokens)
-        text = stream.text()
-        if stopped_at:
+        watch = on_text is not None or bool(params.stop)  # else nobody reads text until the end
+        gen = decoder.generate(prompt_ids, params, budget if budget is not None else drafter.default_budget(),
+                               on_tokens if watch else None)
+        text = self.tokenizer.decode(gen.tokens, skip_special_tokens=True)  # = the stream's text when watched
+        if stopped:
             i = min(text.find(s) for s in params.stop if s in text)
             text = text[:i]
             # keep the generated ids up to the one that completes the stop string (as HF does)

@@ -147,7 +147,6 @@ class HFBackend:
         q_pos = past + pos  # [m]
         k_pos = torch.cat([torch.arange(past), past + pos])  # [past+m]
         too_far = k_pos[None, :] <= (q_pos - self.sliding_window)[:, None]  # [m, past+m] bool
-        sliding = full.masked_fill_(too_far, neg) if self._window_everywhere else full.masked_fill(too_far, neg)
         if self._window_everywhere:
-            return sliding[None, None]
-        return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}
+            return full.masked_fill_(too_far, neg)[None, None]
+        return {"full_attention": full[None, None], "sliding_attention": full.masked_fill(too_far, neg)[None, None]}

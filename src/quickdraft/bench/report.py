@@ -22,9 +22,10 @@ import statistics
 from collections import defaultdict
 
 OVERALL = "overall"
+SKIPPED = "skipped:"  # error prefix of turns not run because an earlier turn of the conversation failed
 
 
-def _units(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
+def units(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
     """{(question_id, repeat): {method: [records by turn]}}."""
     out: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -32,6 +33,21 @@ def _units(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
     for d in out.values():
         for rs in d.values():
             rs.sort(key=lambda r: r["turn"])
+    return out
+
+
+def failed(r: dict) -> bool:
+    """A generation that raised (not one skipped because an earlier turn had failed)."""
+    return bool(r.get("error")) and not r["error"].startswith(SKIPPED)
+
+
+def error_samples(records: list[dict]) -> dict[str, tuple[int, str]]:
+    """{method: (failed generations, the first error message)}."""
+    out: dict[str, tuple[int, str]] = {}
+    for r in records:
+        if failed(r):
+            n, msg = out.get(r["method"], (0, r["error"]))
+            out[r["method"]] = (n + 1, msg)
     return out
 
 
@@ -47,7 +63,7 @@ def _speed(rs: list[dict]) -> float:
 def _stats(method: str, baseline: str, units: list[dict[str, list[dict]]], limit: float | None) -> dict:
     paired = [(d[method], d[baseline]) for d in units if _ok(d.get(method)) and _ok(d.get(baseline))]
     mine = [a for a, _ in paired]  # every figure is over the questions this method and the baseline completed
-    errors = sum(1 for d in units for r in d.get(method, []) if r.get("error") and not r["error"].startswith("skipped:"))
+    errors = sum(1 for d in units for r in d.get(method, []) if failed(r))
     speeds = [_speed(rs) for rs in mine]
     out: dict = {"n": len(mine), "errors": errors}
     out["tokens_per_s"] = round(statistics.mean(speeds), 3) if speeds else None
@@ -69,10 +85,10 @@ def _stats(method: str, baseline: str, units: list[dict[str, list[dict]]], limit
 def aggregate(records: list[dict], methods: list[str], baseline: str = "ar",
               bandwidth_gbps: float | None = None, weight_bytes: dict[str, int] | None = None) -> dict:
     """{"methods": {method: {"overall": stats, category: stats, ...}}, "categories": [...]}."""
-    units = _units(records)
+    grouped = units(records)
     cats = list(dict.fromkeys(r["category"] for r in records))
     by_cat = defaultdict(list)
-    for key, d in units.items():
+    for d in grouped.values():
         cat = next(iter(d.values()))[0]["category"]
         by_cat[cat].append(d)
     out: dict = {"categories": cats, "methods": {}, "limits_tokens_per_s": {}}
@@ -80,7 +96,7 @@ def aggregate(records: list[dict], methods: list[str], baseline: str = "ar",
         wb = (weight_bytes or {}).get(m)
         limit = bandwidth_gbps * 1e9 / wb if bandwidth_gbps and wb else None
         out["limits_tokens_per_s"][m] = round(limit, 2) if limit else None
-        per = {OVERALL: _stats(m, baseline, list(units.values()), limit)}
+        per = {OVERALL: _stats(m, baseline, list(grouped.values()), limit)}
         for c in cats:
             per[c] = _stats(m, baseline, by_cat[c], limit)
         out["methods"][m] = per

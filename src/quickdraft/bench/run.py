@@ -22,7 +22,7 @@ from ..errors import QuickdraftError
 from . import report as rep
 from .data import DEFAULT_DATA, load_questions, select
 from .machine import facts, weight_bytes
-from .runners import BASELINES, llamacpp_missing, make_runner
+from .runners import BASELINES, make_runner, needs_draft_model, unavailable
 
 BASELINE = "ar"
 
@@ -36,8 +36,9 @@ def parse_methods(text: str, draft_model: str | None) -> list[str]:
     if unknown:
         raise QuickdraftError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                               f"choose from: {', '.join(known)}")
-    if "hf-assisted" in methods and not draft_model:
-        raise QuickdraftError("hf-assisted needs a draft model; pass --draft-model NAME (or drop hf-assisted)")
+    for m in methods:
+        if needs_draft_model(m) and not draft_model:
+            raise QuickdraftError(f"{m} needs a draft model; pass --draft-model NAME (or drop {m})")
     methods = list(dict.fromkeys(methods))
     if BASELINE not in methods:  # speedups are against plain decoding in this engine
         methods.insert(0, BASELINE)
@@ -87,33 +88,27 @@ def divergences(engine, questions, records: list[dict], methods: list[str], base
     from tqdm import tqdm
 
     qmap = {q.question_id: q for q in questions}
-    units: dict[tuple, dict[str, list[dict]]] = {}
-    for r in records:
-        units.setdefault((r["question_id"], r["repeat"]), {}).setdefault(r["method"], []).append(r)
-    todo = []
-    for (qid, repeat), d in units.items():
-        a = sorted(d.get(baseline, []), key=lambda r: r["turn"])
+    todo = []  # (method, question id, repeat, turn, baseline records by turn, the method's token ids)
+    for (qid, repeat), d in rep.units(records).items():
+        a = d.get(baseline, [])
         if not a or any(r["error"] for r in a):
             continue
         for m in methods:
-            rs = sorted(d.get(m, []), key=lambda r: r["turn"])
+            rs = d.get(m, [])
             if m == baseline or not rs or any(r["error"] for r in rs):
                 continue
-            for turn, (x, y) in enumerate(zip(rs, a)):
-                if x["token_ids"] != y["token_ids"]:
-                    todo.append((m, qid, repeat, turn, a))
-                    break
+            turn = next((t for t, (x, y) in enumerate(zip(rs, a)) if x["token_ids"] != y["token_ids"]), None)
+            if turn is not None:
+                todo.append((m, qid, repeat, turn, a, rs[turn]["token_ids"]))
     out: dict[str, list[dict]] = {m: [] for m in methods if m != baseline}
     cache: dict[tuple, float] = {}
-    for m, qid, repeat, turn, a in tqdm(todo, desc="divergence", unit="output", file=sys.stderr,
-                                         disable=not progress or not todo):
+    for m, qid, repeat, turn, a, mine in tqdm(todo, desc="divergence", unit="output", file=sys.stderr,
+                                               disable=not progress or not todo):
         conv = Conversation(engine)
         for k in range(turn):
             conv.prompt(qmap[qid].turns[k])
             conv.answer(a[k]["token_ids"])
         ids = conv.prompt(qmap[qid].turns[turn])
-        mine = next(r for r in records if r["question_id"] == qid and r["repeat"] == repeat
-                    and r["method"] == m and r["turn"] == turn)["token_ids"]
         ref = a[turn]["token_ids"]
         pos = next((i for i, (u, v) in enumerate(zip(mine, ref)) if u != v), min(len(mine), len(ref)))
         key = (qid, repeat, turn, pos)
@@ -168,16 +163,9 @@ def run_bench(args, command: str | None = None) -> dict:
     out = Path(args.out)
     _check_out(out)
 
-    skipped: dict[str, str] = {}
-    why = llamacpp_missing()
-    for m in ("llamacpp", "llamacpp-lookup"):
-        if m in methods and why:
-            skipped[m] = why
     model_name = args.model or DEFAULT_MODEL
     gguf = gguf_of(model_name)
-    for m in ("llamacpp", "llamacpp-lookup"):
-        if m in methods and m not in skipped and gguf is None:
-            skipped[m] = "needs a GGUF file: pass a registry model or a .gguf path as --model"
+    skipped = {m: why for m in methods if (why := unavailable(m, gguf))}
     for m, reason in skipped.items():
         print(f"quickdraft: bench: skipping {m}: {reason}", file=sys.stderr)
     methods = [m for m in methods if m not in skipped]
@@ -187,7 +175,8 @@ def run_bench(args, command: str | None = None) -> dict:
     transformers.logging.set_verbosity_error()  # generate()'s advice would break the progress bar
     dtype = getattr(torch, args.dtype)
     engine = Engine.load(model_name, dtype)
-    assistant = Engine.load(args.draft_model, dtype) if "hf-assisted" in methods else None
+    wants_draft = any(needs_draft_model(m) for m in methods)
+    assistant = Engine.load(args.draft_model, dtype) if wants_draft else None
     runners = {}
     for m in methods:
         try:
@@ -206,10 +195,8 @@ def run_bench(args, command: str | None = None) -> dict:
           f"{', '.join(methods)}, {max_new} new tokens, {repeats} repeat(s); measuring memory bandwidth",
           file=sys.stderr)
     machine = facts(bandwidth=True)
-    wbytes = {m: getattr(r, "weight_bytes", None) or weight_bytes(engine.model) for m, r in runners.items()}
-    machine["llamacpp_threads"] = torch.get_num_threads() if any(r.kind == "llamacpp" for r in runners.values()) else None
-
-    # warm-up: every method once on a short prompt (not recorded)
+    target_bytes = weight_bytes(engine.model)
+    wbytes = {m: getattr(r, "weight_bytes", target_bytes) for m, r in runners.items()}
     warm = Conversation(engine).prompt("Say hello.")
 
     def warm_up() -> None:  # every method once on a short prompt, not recorded
@@ -242,7 +229,7 @@ def run_bench(args, command: str | None = None) -> dict:
                                    method=m, prompt_tokens=None, token_ids=[], new_tokens=0, steps=None,
                                    wall_s=None, accepted_lengths=None, error=None)
                         if m in failed:
-                            rec["error"] = f"skipped: an earlier turn failed ({failed[m]})"
+                            rec["error"] = f"{rep.SKIPPED} an earlier turn failed ({failed[m]})"
                         else:
                             try:
                                 ids = convs[m].prompt(text)
@@ -265,7 +252,7 @@ def run_bench(args, command: str | None = None) -> dict:
                         bar.update(1)
     bar.close()
 
-    checked = [m for m in methods if getattr(runners[m], "same_weights", False)]
+    checked = [m for m in methods if runners[m].same_weights]
     try:
         diverged = divergences(engine, questions, records, checked)
     except Exception as e:  # never lose the measured run over the analysis
@@ -273,18 +260,7 @@ def run_bench(args, command: str | None = None) -> dict:
         print(f"quickdraft: bench: divergence analysis failed ({_error_text(e)})", file=sys.stderr)
     bw = machine["memory_bandwidth"]["read_gbps"]
     agg = rep.aggregate(records, methods, BASELINE, bandwidth_gbps=bw, weight_bytes=wbytes)
-    errors: dict[str, list] = {}
-    for r in records:
-        if r["error"] and not r["error"].startswith("skipped:"):
-            e = errors.setdefault(r["method"], [0, r["error"]])
-            e[0] += 1
-    notes = []
-    if any(m.startswith("llamacpp") for m in methods):
-        notes.append("llamacpp* runs llama.cpp on the quantized GGUF file itself; the engine and hf* run the "
-                     "dequantized weights in " + args.dtype + ", so llama.cpp reads fewer bytes per token "
-                     "(its roofline uses the GGUF file size).")
-    if "hf-pld" in methods:
-        notes.append("hf-pld: generate(prompt_lookup_num_tokens=10), transformers' documented example value.")
+    notes = list(dict.fromkeys(BASELINES[m].note for m in methods if m in BASELINES and BASELINES[m].note))
     if not engine.has_chat_template:
         notes.append(f"{engine.name} has no chat template: turns are joined as raw text.")
     report = {
@@ -293,10 +269,9 @@ def run_bench(args, command: str | None = None) -> dict:
         "duration_s": round(time.perf_counter() - t_start, 1),
         "data": str(data) if args.data else "Spec-Bench question.jsonl (bundled)",
         "questions": len(questions), "max_new_tokens": max_new, "repeats": repeats,
-        "draft_model": args.draft_model if "hf-assisted" in methods else None,
-        "machine": machine, "weight_bytes": weight_bytes(engine.model),
-        "limit_tokens_per_s": round(bw * 1e9 / weight_bytes(engine.model), 2),
-        "skipped": skipped, "error_samples": errors, "notes": notes, "divergence": diverged,
+        "draft_model": args.draft_model if wants_draft else None,
+        "machine": machine, "weight_bytes": target_bytes, "limit_tokens_per_s": round(bw * 1e9 / target_bytes, 2),
+        "skipped": skipped, "error_samples": rep.error_samples(records), "notes": notes, "divergence": diverged,
         **agg,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))

@@ -6,12 +6,9 @@ counted the same way for every method. `wall_s` is the wall clock around the who
 included) for every method alike. `steps` is the number of target forward passes where it is
 known (the engine's own count; a forward hook on the target for transformers' `generate()`).
 
-Baselines (keys of BASELINES; drafters come from the registry):
-  hf               transformers generate(), greedy, same model object and dtype
-  hf-pld           generate(prompt_lookup_num_tokens=HF_PLD_TOKENS)
-  hf-assisted      generate(assistant_model=draft) (universal assisted decoding when tokenizers differ)
-  llamacpp         llama-cpp-python on the model's GGUF file (its own quantized weights), greedy
-  llamacpp-lookup  the same with llama-cpp-python's prompt-lookup draft (LlamaPromptLookupDecoding)
+Baselines live in BASELINES, the one table of them: what each needs (a draft model, a GGUF file,
+llama-cpp-python), how to build it, and the note it adds to the report. Drafters come from the
+drafter registry. Callers ask the table; they never branch on a baseline's name.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import GenerationConfig
@@ -51,7 +49,6 @@ def cut_at_eos(tokens: list[int], eos_ids: set[int], max_new: int) -> list[int]:
 class EngineRunner:
     """A registry drafter through Engine.generate_ids (greedy)."""
 
-    kind = "engine"
     same_weights = True  # runs the engine's own weights: differences from ar are numerics only
 
     def __init__(self, engine, method: str) -> None:
@@ -67,21 +64,9 @@ class EngineRunner:
                       list(g.stats.accepted_lengths))
 
 
-class _PassCounter:
-    """Counts forward calls of a module (target passes of generate())."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.calls = 0
-        module.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args) -> None:
-        self.calls += 1
-
-
 class HFRunner:
     """transformers generate() on the engine's own model object, greedy."""
 
-    kind = "hf"
     same_weights = True
 
     def __init__(self, engine, assistant=None, prompt_lookup: int | None = None) -> None:
@@ -93,12 +78,16 @@ class HFRunner:
             self.kwargs["assistant_model"] = assistant.model
             if assistant.tokenizer.get_vocab() != engine.tokenizer.get_vocab():
                 self.kwargs.update(tokenizer=engine.tokenizer, assistant_tokenizer=assistant.tokenizer)
-        self.counter = _counter(engine.model)
+        self.passes = 0  # forward calls of the target, counted by a hook (every call, whoever makes it)
+        engine.model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args) -> None:
+        self.passes += 1
 
     def generate(self, ids: list[int], max_new: int) -> Result:
         eng = self.engine
         inp = torch.tensor([ids])
-        before = self.counter.calls
+        before = self.passes
         t = time.perf_counter()
         # a fresh config: plain greedy, whatever the model folder's generation_config asks for
         # (repetition penalties, minimum lengths, suppressed tokens would change what is measured)
@@ -109,19 +98,12 @@ class HFRunner:
                                      **self.kwargs)
         wall = time.perf_counter() - t
         return Result(cut_at_eos(out[0, len(ids):].tolist(), set(eng.eos_ids), max_new), wall,
-                      self.counter.calls - before)
-
-
-def _counter(model) -> _PassCounter:
-    if not hasattr(model, "_quickdraft_pass_counter"):
-        model._quickdraft_pass_counter = _PassCounter(model)
-    return model._quickdraft_pass_counter
+                      self.passes - before)
 
 
 class LlamaCppRunner:
     """llama-cpp-python on a GGUF file, greedy, fed the same token ids; KV cache reset per call."""
 
-    kind = "llamacpp"
     same_weights = False  # its own quantized weights: its outputs differ from ar's by design
 
     def __init__(self, gguf: Path, eos_ids: list[int], lookup: bool, n_ctx: int) -> None:
@@ -164,9 +146,6 @@ class LlamaCppRunner:
         return Result(cut_at_eos(out, self.eos, max_new), wall, None)
 
 
-BASELINES = ("hf", "hf-pld", "hf-assisted", "llamacpp", "llamacpp-lookup")
-
-
 def llamacpp_missing() -> str | None:
     """Why llama-cpp-python cannot run here, or None."""
     try:
@@ -177,18 +156,55 @@ def llamacpp_missing() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """One baseline: how to build its runner and what it needs."""
+
+    make: Callable[..., object]  # make(engine, assistant, gguf, n_ctx) -> runner
+    needs_draft_model: bool = False
+    needs_gguf: bool = False
+    needs_llama_cpp: bool = False
+    note: str | None = None  # added to the report's notes when the baseline runs
+
+
+_LLAMACPP_NOTE = ("llamacpp* runs llama.cpp on the quantized GGUF file itself, with torch's thread count; the "
+                  "engine and hf* run the dequantized weights, so llama.cpp reads fewer bytes per token (its "
+                  "roofline uses the GGUF file size).")
+
+BASELINES: dict[str, Baseline] = {
+    "hf": Baseline(lambda engine, assistant, gguf, n_ctx: HFRunner(engine)),
+    "hf-pld": Baseline(lambda engine, assistant, gguf, n_ctx: HFRunner(engine, prompt_lookup=HF_PLD_TOKENS),
+                       note=f"hf-pld: generate(prompt_lookup_num_tokens={HF_PLD_TOKENS}), transformers' "
+                       "documented example value."),
+    "hf-assisted": Baseline(lambda engine, assistant, gguf, n_ctx: HFRunner(engine, assistant=assistant),
+                            needs_draft_model=True),
+    "llamacpp": Baseline(lambda engine, assistant, gguf, n_ctx: LlamaCppRunner(gguf, engine.eos_ids, False, n_ctx),
+                         needs_gguf=True, needs_llama_cpp=True, note=_LLAMACPP_NOTE),
+    "llamacpp-lookup": Baseline(lambda engine, assistant, gguf, n_ctx: LlamaCppRunner(gguf, engine.eos_ids, True, n_ctx),
+                                needs_gguf=True, needs_llama_cpp=True, note=_LLAMACPP_NOTE),
+}
+
+
+def unavailable(method: str, gguf: Path | None) -> str | None:
+    """Why `method` cannot run on this machine and model (to skip it with that message), or None."""
+    b = BASELINES.get(method)
+    if b is None:
+        return None
+    if b.needs_llama_cpp and (why := llamacpp_missing()):
+        return why
+    if b.needs_gguf and gguf is None:
+        return "needs a GGUF file: pass a registry model or a .gguf path as --model"
+    return None
+
+
+def needs_draft_model(method: str) -> bool:
+    return method in BASELINES and BASELINES[method].needs_draft_model
+
+
 def make_runner(method: str, engine, *, assistant=None, gguf: Path | None = None, n_ctx: int = 4096):
-    """A runner for a drafter name or a baseline; QuickdraftError for what cannot run."""
-    if method == "hf":
-        return HFRunner(engine)
-    if method == "hf-pld":
-        return HFRunner(engine, prompt_lookup=HF_PLD_TOKENS)
-    if method == "hf-assisted":
-        if assistant is None:
-            raise QuickdraftError("hf-assisted needs a draft model; pass --draft-model NAME")
-        return HFRunner(engine, assistant=assistant)
-    if method in ("llamacpp", "llamacpp-lookup"):
-        if gguf is None:
-            raise QuickdraftError(f"{method} needs a GGUF file; pass a registry model or a .gguf path as --model")
-        return LlamaCppRunner(gguf, engine.eos_ids, lookup=method == "llamacpp-lookup", n_ctx=n_ctx)
-    return EngineRunner(engine, method)
+    """A runner for a drafter name or a baseline (callers check `unavailable` first)."""
+    if method not in BASELINES:
+        return EngineRunner(engine, method)
+    if needs_draft_model(method) and assistant is None:
+        raise QuickdraftError(f"{method} needs a draft model; pass --draft-model NAME")
+    return BASELINES[method].make(engine, assistant, gguf, n_ctx)

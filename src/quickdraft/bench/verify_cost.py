@@ -68,7 +68,7 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict, path) -> None:
-    """Cost ratio against n for chain and tree, with y = 1 + n/8 for scale and the drafters' sizes."""
+    """Cost ratio against n for chain and tree, with the drafters' default sizes marked."""
     import matplotlib
 
     matplotlib.use("Agg")
