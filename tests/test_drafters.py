@@ -93,3 +93,71 @@ def test_registry_and_settings():
         drafters.parse_settings("pld", ["num_pred"])
     with pytest.raises(QuickdraftError, match="min_ngram"):
         drafters.create("pld", ["min_ngram=4", "max_ngram=2"])
+
+
+def test_goose_context_matcher_equals_rescan():
+    from quickdraft.drafters.goose import ContextMatcher, ngram_match_reference
+
+    rng = random.Random(5)
+    for _ in range(20):
+        m = ContextMatcher((4, 3, 2, 1))
+        seq: list[int] = []
+        for _ in range(60):
+            seq.append(rng.randrange(6))
+            m.update(seq)
+            assert m.match(seq) == ngram_match_reference(seq, (4, 3, 2, 1))
+
+
+def test_goose_chain_extends_past_the_context_end():
+    from quickdraft.drafters.goose import ContextMatcher
+
+    m = ContextMatcher((3, 2, 1))
+    seq = [1, 2, 3, 4, 5, 1, 2, 3]
+    m.update(seq)
+    chain, kind = m.chain(seq, 8, 2)
+    assert chain[:2] == [4, 5] and kind == (3, False)
+    assert chain[2:5] == [1, 2, 3], "extended by matching [4, 5] again"
+
+
+def test_goose_tree_equals_reference_best_first():
+    from quickdraft.drafters.goose import build, build_reference
+
+    rng = random.Random(7)
+    for trial in range(30):
+        table = {t: [(rng.randrange(12), ("u", rng.randrange(5))) for _ in range(rng.randrange(0, 5))] for t in range(12)}
+        table = {t: list({x: k for x, k in v}.items()) for t, v in table.items()}  # distinct successors
+        rates = {("u", i): rng.uniform(0.05, 0.9) for i in range(5)}
+        rates[("s", 3, False)] = rng.uniform(0.2, 0.95)
+        spine = [rng.randrange(12) for _ in range(rng.randrange(0, 8))]
+        kind = ("s", 3, False) if spine else None
+        succ = lambda t, b: table.get(t, [])  # noqa: E731
+        budget, depth = rng.randrange(1, 30), rng.randrange(1, 5)
+        width = lambda d: max(1, 4 // d)  # noqa: E731
+        toks, pars, kinds = build(0, -1, spine, kind, succ, rates.get, budget, depth, width)
+        assert len(toks) <= budget and all(p < i for i, p in enumerate(pars))
+        values, paths = [], []
+        for i, (t, p, k) in enumerate(zip(toks, pars, kinds)):
+            paths.append((paths[p] if p >= 0 else ()) + (t,))
+            values.append((values[p] if p >= 0 else 1.0) * rates[k])
+        assert len(set(paths)) == len(paths), "no path proposed twice"
+        ref = build_reference(0, -1, spine, kind, succ, rates.get, budget, depth, width)
+        assert sorted(round(v, 9) for v in values) == sorted(v for _, v in ref), f"trial {trial}"
+        assert tuple(spine[:1]) in set(paths) or not spine or budget == 0 or values
+
+
+def test_goose_learns_rates_and_table():
+    d = drafters.create("goose", ["bigram=true"], vocab_size=16)
+    prompt = [1, 2, 3, 1, 2]
+    d.start(prompt)
+    draft = d.propose(prompt, 6)
+    assert draft.tokens.tolist()[:3] == [3, 1, 2] and draft.parents.tolist()[:3] == [-1, 0, 1], "the spine"
+    spine_kind = d._kinds[0]
+    assert spine_kind == ("s", 2, False)
+    logits = torch.zeros(draft.size + 1, 16)
+    logits[:, 9] = 5.0  # everywhere (also at the root: 2 after 1) the target prefers 9
+    d.observe(2, draft, logits, Verdict([0, 1], [3, 1, 7]))
+    assert d.counts[spine_kind] == pytest.approx([3.0, 2.0], abs=0.05), "three spine nodes reached, two accepted"
+    assert d.successors(2, 1)[0] == (9, ("b", 4)), "bigram tier first"
+    assert d.successors(2, 5)[0] == (9, ("u", 4)), "unigram row for an unseen previous token"
+    c = d.counts[spine_kind]
+    assert d.rate(spine_kind) == pytest.approx((c[1] + 4 * d.prior(spine_kind)) / (c[0] + 4))

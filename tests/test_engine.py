@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from quickdraft import drafters
 from quickdraft.engine import Engine
 from quickdraft.models import load
 from quickdraft.types import SamplingParams
@@ -16,7 +17,7 @@ def engine(tiny_folder):
     return Engine(model, tok, name)
 
 
-@pytest.mark.parametrize("method", ["ar", "pld", "recycling"])
+@pytest.mark.parametrize("method", drafters.names())
 def test_same_seed_same_output(engine, method):
     params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=20, seed=11)
     a = engine.generate("w7 w8 w9 w7 w8", method, params).generation.tokens
@@ -55,6 +56,6 @@ def test_sampled_output_is_the_same_for_every_drafter(engine, params):
     """Per-position Gumbel noise: with the same seed, drafts cannot change the sampled tokens."""
     for prompt in ("w7 w8 w9 w7 w8 w9 w7", "w20 w21"):
         ar = engine.generate(prompt, "ar", params).generation.tokens
-        for method in ("pld", "recycling"):
+        for method in drafters.names():
             for _ in range(2):  # recycling's state differs on the second request
                 assert engine.generate(prompt, method, params).generation.tokens == ar

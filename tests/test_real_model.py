@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from quickdraft import drafters
 from quickdraft.engine import Engine
 from quickdraft.models import DEFAULT_MODEL, pull
 from quickdraft.types import SamplingParams
@@ -58,12 +59,16 @@ def test_drafters_equal_ar_on_the_real_model(engine):
     for prompt in spec_bench_prompts():
         ids = engine.encode(prompt)
         ar = engine.generate_ids(ids, "ar", params).generation.tokens
-        for method in ("pld", "recycling"):
-            gen = engine.generate_ids(ids, method, params).generation
+        for method in drafters.names()[1:]:
+            # a fixed budget (the tuner's first): in fp32 a pass over many nodes costs so much more
+            # here that the self-tuner mostly takes plain steps, and this test is about trees
+            budget = engine.drafter(method).start_budget()
+            gen = engine.generate_ids(ids, method, params, budget=budget).generation
             got = gen.tokens
             accepted.setdefault(method, []).append(gen.stats.mean_accepted)
             if got != ar:
                 i = next((k for k in range(min(len(got), len(ar))) if got[k] != ar[k]), None)
                 assert i is not None, f"{method} stopped at another length than ar without a differing token"
                 assert near_tie(engine.model, ids + ar[:i]), f"{method} diverged from ar at token {i} without a near-tie"
-    assert max(accepted["pld"]) > 1.3 and max(accepted["recycling"]) > 1.3, accepted
+    # drafts are really accepted (lookahead's pool needs longer outputs to fill, hence its lower bar)
+    assert all(max(acc) > (1.1 if m == "lookahead" else 1.3) for m, acc in accepted.items()), accepted

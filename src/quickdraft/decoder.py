@@ -23,7 +23,8 @@ import torch
 from . import tree
 from .errors import QuickdraftError
 from .sampling import GumbelNoise, check_params
-from .types import Drafter, SamplingParams, Stats
+from .tuning import BudgetTuner
+from .types import Draft, Drafter, SamplingParams, Stats
 from .verify import Verifier
 
 
@@ -47,8 +48,12 @@ class Decoder:
         self.eos_ids = set(int(e) for e in eos_ids)
 
     def generate(self, prompt: Sequence[int], params: SamplingParams, budget: int,
-                 on_tokens: TokenCallback | None = None) -> Generation:
-        """Generate after `prompt` (token ids, non-empty). `budget`: max draft nodes per step."""
+                 on_tokens: TokenCallback | None = None, tuner: BudgetTuner | None = None) -> Generation:
+        """Generate after `prompt` (token ids, non-empty).
+
+        budget: max draft nodes per step; with a tuner, the tuner chooses each step's budget instead
+        (a budget of 0 is a plain step: the drafter is not asked to draft, only to observe).
+        """
         check_params(params)
         prompt = [int(t) for t in prompt]
         if not prompt:
@@ -74,8 +79,11 @@ class Decoder:
             if room <= 0:
                 reason = "length" if len(out) >= params.max_new_tokens else "context"
                 break
+            b = tuner.choose() if tuner is not None else budget
+            td = time.perf_counter()
             # The pass adds root + n nodes to the cache; keep it inside the context.
-            draft = tree.truncate(drafter.propose(seq, budget), max(0, min(budget, ctx - len(seq) - 1)))
+            draft = tree.truncate(drafter.propose(seq, b), max(0, min(b, ctx - len(seq) - 1))) if b else Draft.empty()
+            draft_s = time.perf_counter() - td
             if stats.steps == 0:  # the prompt goes through the model with the first draft
                 logits, prefix_logits = self.backend.first_pass(
                     prompt[:-1], seq[-1], draft, want_prefix_logits=drafter.needs_prefill_logits)
@@ -85,7 +93,10 @@ class Decoder:
                 logits = self.backend.score(seq[-1], draft)  # [n+1, V]
             verdict = self.verifier.verify(draft, logits, params, rng, noise, pos=len(out))
             self.backend.commit(verdict.path)
+            td = time.perf_counter()
             drafter.observe(seq[-1], draft, logits, verdict)
+            if tuner is not None:
+                tuner.update(b, draft.size, len(verdict.tokens), draft_s + time.perf_counter() - td)
             new = verdict.tokens[:room]
             for i, t in enumerate(new):
                 if t in self.eos_ids:
@@ -98,6 +109,7 @@ class Decoder:
                 noise.forget_before(len(out))
             stats.steps += 1
             stats.drafted.append(draft.size)
+            stats.budgets.append(b)
             stats.accepted_lengths.append(len(new))
             if stats.steps == 1:
                 t1 = time.perf_counter()

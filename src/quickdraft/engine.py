@@ -16,6 +16,7 @@ from . import drafters
 from .backend import HFBackend
 from .decoder import Decoder, Generation
 from .errors import QuickdraftError
+from .tuning import BudgetTuner, CostCurve, engine_curve
 from .types import SamplingParams
 
 
@@ -53,6 +54,8 @@ class Engine:
         self.name = name
         self.backend = HFBackend(model)
         self._drafters: dict[tuple[str, tuple[str, ...]], object] = {}
+        self._tuners: dict[tuple[str, tuple[str, ...]], BudgetTuner] = {}
+        self._curve: CostCurve | None = None
         eos = getattr(model.generation_config, "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -90,20 +93,44 @@ class Engine:
 
     # --- generation ------------------------------------------------------------------------
     def drafter(self, method: str, settings: list[str] | None = None):
-        key = (method, tuple(settings or ()))
+        key = (method, tuple(drafters.split_budget(settings)[1]))
         if key not in self._drafters:
-            self._drafters[key] = drafters.create(method, list(settings or []), vocab_size=self.backend.vocab_size)
+            self._drafters[key] = drafters.create(method, list(key[1]), vocab_size=self.backend.vocab_size,
+                                                  tokenizer=self.tokenizer)
         return self._drafters[key]
 
+    def cost_curve(self) -> CostCurve:
+        """How a pass's cost grows with draft nodes on this machine (measured once, cached on disk)."""
+        if self._curve is None:
+            self._curve = engine_curve(self.backend, self.name)
+        return self._curve
+
+    def tuner(self, method: str, settings: list[str] | None = None) -> BudgetTuner | None:
+        """The self-tuner of this drafter (None for a drafter that never drafts)."""
+        key = (method, tuple(drafters.split_budget(settings)[1]))
+        if key not in self._tuners:
+            d = self.drafter(method, settings)
+            cap = d.default_budget()
+            self._tuners[key] = BudgetTuner(self.cost_curve(), cap, start=d.start_budget()) if cap > 0 else None
+        return self._tuners[key]
+
     def reset_drafters(self) -> None:
-        """Forget every drafter (and what it learned across requests); they are rebuilt on next use."""
+        """Forget every drafter and tuner (and what they learned across requests); rebuilt on next use."""
         self._drafters.clear()
+        self._tuners.clear()
 
     def generate_ids(self, prompt_ids: list[int], method: str = "ar", params: SamplingParams = SamplingParams(),
                      settings: list[str] | None = None, budget: int | None = None,
                      on_text: Callable[[str], None] | None = None) -> Reply:
-        """Generate after prompt_ids; stream text pieces to on_text; honour stop strings."""
+        """Generate after prompt_ids; stream text pieces to on_text; honour stop strings.
+
+        budget: a fixed tree budget per step; None takes `--set budget=N` from settings, else the
+        self-tuner chooses each step's budget.
+        """
         drafter = self.drafter(method, settings)
+        if budget is None:
+            budget = drafters.split_budget(settings)[0]
+        tuner = self.tuner(method, settings) if budget is None else None
         decoder = Decoder(self.backend, drafter, eos_ids=self.eos_ids)
         stream = TextStream(self.tokenizer)
         held = ""  # text withheld because it might be the start of a stop string
@@ -129,8 +156,7 @@ class Engine:
             return False
 
         watch = on_text is not None or bool(params.stop)  # else nobody reads text until the end
-        gen = decoder.generate(prompt_ids, params, budget if budget is not None else drafter.default_budget(),
-                               on_tokens if watch else None)
+        gen = decoder.generate(prompt_ids, params, budget or 0, on_tokens if watch else None, tuner=tuner)
         text = self.tokenizer.decode(gen.tokens, skip_special_tokens=True)  # = the stream's text when watched
         if stopped:
             i = min(text.find(s) for s in params.stop if s in text)

@@ -110,6 +110,7 @@ class Stats:
     decode_s: float = 0.0  # the remaining steps
     accepted_lengths: list[int] = field(default_factory=list)  # committed tokens per step
     drafted: list[int] = field(default_factory=list)  # draft nodes per step
+    budgets: list[int] = field(default_factory=list)  # the budget each step was given (chosen or fixed)
 
     @property
     def mean_accepted(self) -> float:

@@ -79,6 +79,9 @@ def _stats(method: str, baseline: str, units: list[dict[str, list[dict]]], limit
     out["exact_match"] = (round(sum(all(x["token_ids"] == y["token_ids"] for x, y in zip(a, b)) and len(a) == len(b)
                                     for a, b in paired) / len(paired), 4) if paired else None)
     out["roofline"] = round(out["tokens_per_s"] / limit, 4) if limit and out["tokens_per_s"] else None
+    budgets = [b for rs in mine for r in rs for b in (r.get("budgets") or [])]
+    out["budget_median"] = statistics.median(budgets) if budgets else None  # per step, self-tuned or fixed
+    out["plain_share"] = round(sum(b == 0 for b in budgets) / len(budgets), 4) if budgets else None
     return out
 
 
@@ -152,6 +155,17 @@ def markdown(report: dict) -> str:
         lines += ["", f"## {title}", "", "| category | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for c in report["categories"]:
             lines.append(f"| {c} | " + " | ".join(_f(meth[m][c][key], fmt) for m in names) + " |")
+    tuned = [m for m in names if meth[m][OVERALL].get("budget_median") is not None
+             and any(meth[m][g].get("budget_median") for g in [OVERALL, *report["categories"]])]
+    if tuned:
+        lines += ["", "## Draft budget per step", "",
+                  "Median tree budget per step (nodes) chosen by the self-tuner (or fixed with `--set budget=N`), "
+                  "and in brackets the share of steps it made plain (budget 0).", "",
+                  "| category | " + " | ".join(tuned) + " |", "|---" * (len(tuned) + 1) + "|"]
+        for g in [*report["categories"], OVERALL]:
+            lines.append(f"| {g} | " + " | ".join(
+                f"{_f(meth[m][g].get('budget_median'), '{:g}')} ({_f(meth[m][g].get('plain_share'), '{:.0%}')})"
+                for m in tuned) + " |")
     if report.get("divergence"):
         lines += ["", f"## Where greedy outputs differ from {base}", "",
                   f"For each question whose output differs: the first differing turn whose prompt is still {base}'s, "

@@ -227,7 +227,7 @@ def run_bench(args, command: str | None = None) -> dict:
                         bar.set_postfix_str(f"q{q.question_id} t{turn + 1} {m}", refresh=False)
                         rec = dict(question_id=q.question_id, category=q.category, turn=turn, repeat=repeat,
                                    method=m, prompt_tokens=None, token_ids=[], new_tokens=0, steps=None,
-                                   wall_s=None, accepted_lengths=None, error=None)
+                                   wall_s=None, accepted_lengths=None, budgets=None, error=None)
                         if m in failed:
                             rec["error"] = f"{rep.SKIPPED} an earlier turn failed ({failed[m]})"
                         else:
@@ -240,7 +240,8 @@ def run_bench(args, command: str | None = None) -> dict:
                                 res = runners[m].generate(ids, min(max_new, ctx - len(ids)))
                                 convs[m].answer(res.tokens)
                                 rec.update(token_ids=res.tokens, new_tokens=len(res.tokens), steps=res.steps,
-                                           wall_s=round(res.wall_s, 6), accepted_lengths=res.accepted)
+                                           wall_s=round(res.wall_s, 6), accepted_lengths=res.accepted,
+                                           budgets=res.budgets)
                             except KeyboardInterrupt:
                                 raise
                             except Exception as e:

@@ -10,53 +10,7 @@ Run: quickdraft bench --profile-verify [--model NAME] [--context 300] [--repeats
 
 from __future__ import annotations
 
-import statistics
-import time
-
-import torch
-
-from .. import tree
-from ..backend import HFBackend
-from ..drafters.recycling import best_first_template
-from ..types import Draft
-
-SIZES = (0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-
-
-def template_draft(n: int, vocab: int, rng: torch.Generator) -> Draft:
-    tmpl = best_first_template(n, (0.5, 0.16, 0.07, 0.04, 0.025, 0.02, 0.015, 0.01), 8)
-    tokens = torch.randint(0, vocab, (n,), generator=rng)
-    return Draft(tokens, torch.tensor([p for p, _ in tmpl], dtype=torch.long))
-
-
-def measure(backend: HFBackend, context: list[int], sizes=SIZES, repeats: int = 15, seed: int = 0) -> dict:
-    """{"chain": {n: ratio}, "tree": {n: ratio}, "t1_ms": plain step ms} (ratios to n = 0)."""
-    rng = torch.Generator().manual_seed(seed)
-    vocab = backend.vocab_size
-    backend.prefill(context[:-1])
-    root = context[-1]
-    drafts = {}
-    for n in sizes:
-        drafts[("chain", n)] = tree.chain(torch.randint(0, vocab, (n,), generator=rng).tolist())
-        drafts[("tree", n)] = template_draft(n, vocab, rng) if n else drafts[("chain", 0)]
-    times: dict[tuple[str, int], list[float]] = {k: [] for k in drafts}
-    for _ in range(2):  # warm-up
-        for d in drafts.values():
-            backend.score(root, d)
-            backend.commit([])
-    for _ in range(repeats):
-        for key, d in drafts.items():
-            t = time.perf_counter()
-            backend.score(root, d)
-            backend.commit([])
-            times[key].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    t1 = med[("chain", 0)]
-    return {
-        "t1_ms": round(t1 * 1e3, 2),
-        "chain": {n: round(med[("chain", n)] / t1, 3) for n in sizes},
-        "tree": {n: round(med[("tree", n)] / t1, 3) for n in sizes},
-    }
+from ..tuning import SIZES, measure  # noqa: F401  (the measurement itself lives with the tuner)
 
 
 def table(result: dict) -> str:

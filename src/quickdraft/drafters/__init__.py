@@ -15,6 +15,11 @@ from ..errors import QuickdraftError
 
 _REGISTRY: dict[str, type] = {}
 
+# Settings every drafter takes, handled by the engine rather than the drafter's Config:
+#   budget=N     fix the tree budget at N nodes per step (0: plain steps); budget=auto (default):
+#                the engine's self-tuner chooses each step's budget (tuning.py)
+BUDGET_KEY = "budget"
+
 
 def register(name: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
@@ -64,17 +69,39 @@ def _convert(name: str, key: str, typ: type, text: str) -> object:
     raise QuickdraftError(f"--set {key}={text}: expected {getattr(typ, '__name__', typ)} for method '{name}'")
 
 
+def split_budget(settings: list[str] | None) -> tuple[int | None, list[str]]:
+    """(fixed budget or None for self-tuning, the other settings). Checks the budget's value."""
+    budget: int | None = None
+    rest: list[str] = []
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if key.strip() != BUDGET_KEY:
+            rest.append(item)
+            continue
+        value = value.strip().lower()
+        if value == "auto":
+            budget = None
+            continue
+        try:
+            budget = int(value)
+        except ValueError:
+            budget = -1
+        if budget < 0:
+            raise QuickdraftError(f"--set budget={value}: expected a number of draft nodes >= 0, or 'auto'")
+    return budget, rest
+
+
 def parse_settings(name: str, settings: list[str]) -> dict[str, object]:
-    """['k=v', ...] -> {k: typed v}, checked against the drafter's Config."""
+    """['k=v', ...] -> {k: typed v}, checked against the drafter's Config (budget= is left out)."""
     fields = config_fields(name)
     out: dict[str, object] = {}
-    for item in settings:
+    for item in split_budget(settings)[1]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise QuickdraftError(f"--set expects key=value, got '{item}'")
         if key not in fields:
-            known = ", ".join(fields) or "none"
+            known = ", ".join([*fields, BUDGET_KEY])
             raise QuickdraftError(f"unknown setting '{key}' for method '{name}'; its settings are: {known}")
         out[key] = _convert(name, key, fields[key][0], value)
     return out
@@ -100,4 +127,4 @@ def create(name: str, settings: list[str] | dict[str, object] | None = None, **e
 
 
 # Import the modules so they register themselves (order = listing order).
-from . import ar, pld, recycling  # noqa: E402,F401
+from . import ar, pld, recycling, goose, lookahead, aded  # noqa: E402,F401

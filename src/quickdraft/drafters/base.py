@@ -25,5 +25,9 @@ class BaseDrafter:
         pass
 
     def default_budget(self) -> int:
-        """The most nodes this drafter proposes with its config (the decoder's per-step budget)."""
+        """The most nodes this drafter proposes with its config: the self-tuner's cap."""
         return 0
+
+    def start_budget(self) -> int:
+        """The budget the self-tuner tries first."""
+        return self.default_budget()

@@ -75,7 +75,8 @@ class PromptLookup(BaseDrafter):
     class Config:
         max_ngram: int = 3  # longest suffix looked up
         min_ngram: int = 1  # shortest suffix looked up
-        num_pred: int = 6  # tokens proposed after a match (chain length; measured here, docs/tuning.md)
+        num_pred: int = 10  # most tokens proposed after a match (the self-tuner's cap; the reference value)
+        start_pred: int = 6  # the self-tuner's first chain length (best fixed length here, docs/tuning.md)
         latest: bool = True  # use the most recent occurrence (False: the earliest, as the reference code)
 
         def validate(self) -> None:
@@ -90,6 +91,9 @@ class PromptLookup(BaseDrafter):
 
     def default_budget(self) -> int:
         return self.config.num_pred
+
+    def start_budget(self) -> int:
+        return min(self.config.start_pred, self.config.num_pred)
 
     def start(self, prompt: Sequence[int]) -> None:
         self.index.reset()

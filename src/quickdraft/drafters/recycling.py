@@ -83,7 +83,8 @@ class TokenRecycling(BaseDrafter):
 
     @dataclass(frozen=True)
     class Config:
-        nodes: int = 24  # tree size; chosen from the verify-cost curve measured here (docs/tuning.md)
+        nodes: int = 64  # largest tree (the self-tuner's cap; --set budget=N fixes the size)
+        start_nodes: int = 24  # the self-tuner's first size: best tau/cost on SmolLM2 here (docs/tuning.md)
         k: int = 8  # top-k successors stored per token (columns of M)
         max_depth: int = 8  # deepest level of the template
         # acceptance rate of the rank-r successor given its parent was reached; shapes the template
@@ -106,22 +107,29 @@ class TokenRecycling(BaseDrafter):
         self.needs_prefill_logits = config.harvest_prompt
         self.k = config.k
         self.adjacency = torch.full((vocab_size, self.k), -1, dtype=torch.long)  # [V, k]
-        probs = config.rank_probs[: self.k]
-        tmpl = best_first_template(config.nodes, probs, config.max_depth)
-        self.t_parent = torch.tensor([p for p, _ in tmpl], dtype=torch.long)  # [N]
-        self.t_rank = torch.tensor([r for _, r in tmpl], dtype=torch.long)  # [N]
-        depth = []
-        for p, _ in tmpl:
-            depth.append(1 if p < 0 else depth[p] + 1)
-        self.t_depth = torch.tensor(depth, dtype=torch.long)
-        # contiguous node ranges per depth (BFS order)
-        self.layers: list[tuple[int, int]] = []
-        for d in range(1, max(depth) + 1):
-            idx = (self.t_depth == d).nonzero().flatten()
-            self.layers.append((int(idx[0]), int(idx[-1]) + 1))
+        self._templates: dict[int, tuple[Tensor, Tensor, list[tuple[int, int]]]] = {}
+
+    def template(self, nodes: int) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+        """(parents [N], ranks [N], [(lo, hi)] node range per depth) of the best-first N-node tree."""
+        if nodes not in self._templates:
+            tmpl = best_first_template(nodes, self.config.rank_probs[: self.k], self.config.max_depth)
+            parent = torch.tensor([p for p, _ in tmpl], dtype=torch.long)  # [N]
+            rank = torch.tensor([r for _, r in tmpl], dtype=torch.long)  # [N]
+            depth: list[int] = []
+            for p, _ in tmpl:
+                depth.append(1 if p < 0 else depth[p] + 1)
+            layers = []  # contiguous node ranges per depth (BFS order)
+            for d in range(1, max(depth, default=0) + 1):
+                lo = depth.index(d)
+                layers.append((lo, lo + depth.count(d)))
+            self._templates[nodes] = (parent, rank, layers)
+        return self._templates[nodes]
 
     def default_budget(self) -> int:
         return self.config.nodes
+
+    def start_budget(self) -> int:
+        return min(self.config.start_nodes, self.config.nodes)
 
     def _harvest(self, tokens: Tensor, logits: Tensor) -> None:
         """M[tokens] = top-k of logits; tokens [m], logits [m, V]."""
@@ -136,24 +144,25 @@ class TokenRecycling(BaseDrafter):
                 self._harvest(tokens[s:s + 256], logits[s:s + 256])
 
     def propose(self, seq: Sequence[int], budget: int) -> Draft:
-        n = self.t_parent.numel()
+        """The best-first template of min(budget, nodes) nodes filled from the adjacency matrix."""
+        n = min(budget, self.config.nodes)
+        if n <= 0:
+            return Draft.empty()
+        t_parent, t_rank, layers = self.template(n)
         tokens = torch.empty(n, dtype=torch.long)  # [N]
-        for lo, hi in self.layers:
-            par = self.t_parent[lo:hi]
+        for lo, hi in layers:
             if lo == 0:
                 parent_tok = torch.full((hi - lo,), int(seq[-1]), dtype=torch.long)
             else:
-                parent_tok = tokens[par]
+                parent_tok = tokens[t_parent[lo:hi]]
             # an unknown parent (-1) stays unknown below it
-            tokens[lo:hi] = torch.where(parent_tok >= 0, self.adjacency[parent_tok.clamp(min=0), self.t_rank[lo:hi]], -1)
+            tokens[lo:hi] = torch.where(parent_tok >= 0, self.adjacency[parent_tok.clamp(min=0), t_rank[lo:hi]], -1)
         valid = tokens >= 0  # [N]; an invalid node's subtree is invalid too
         if not bool(valid.all()):
             new_index = torch.cumsum(valid.long(), 0) - 1  # [N]
-            parents = torch.where(self.t_parent >= 0, new_index[self.t_parent.clamp(min=0)], -1)
-            tokens, parents = tokens[valid], parents[valid]
-        else:
-            parents = self.t_parent
-        return Draft(tokens[:budget], parents[:budget])
+            parents = torch.where(t_parent >= 0, new_index[t_parent.clamp(min=0)], -1)
+            return Draft(tokens[valid], parents[valid])
+        return Draft(tokens, t_parent)
 
     def observe(self, root: int, draft: Draft, logits: Tensor, verdict: Verdict) -> None:
         inputs = torch.cat([torch.tensor([root], dtype=torch.long), draft.tokens])  # [n+1]

@@ -1,0 +1,243 @@
+"""Self-tuning draft budget: each step's tree budget is chosen to maximise expected tokens per second.
+
+Cost model. `measure` times one target pass over root + n draft nodes (a best-first tree, custom
+mask) against a plain step, on a fixed context, sizes interleaved, medians. `CostCurve` interpolates
+those ratios linearly (and extrapolates past the last size). `engine_curve` measures it once per
+(model, dtype, machine, torch) in about a second or two and caches it as JSON under
+`cache_dir()/verify_cost/`.
+
+Acceptance model. `BudgetTuner` keeps, per candidate budget b (0, 2, 4, 8, ... up to the drafter's
+cap), decayed sums of tokens committed per step (bonus included) and of step cost in plain-step units,
+cost = c(nodes actually drafted) + drafting time / T1. The value of b is committed / cost: tokens
+per plain-step time. b = 0 (a plain step, no drafting at all) is worth exactly 1.
+Choice. The tried budget of highest value; every `explore_every`-th step a neighbour of it instead
+(alternately the next smaller and the next larger candidate; from 0, the best positive one), so
+budgets not chosen stay measured and drafting comes back when it starts paying again.
+
+Invariants: the tuner sees only counts, sizes and times, never token ids, so it cannot change
+outputs (losslessness is the verifier's). A fixed budget (`--set budget=N`) bypasses it.
+`best_budget_reference` is the slow obvious choice (recompute every value from the full history)
+kept beside the decayed fast path and tested against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from . import tree
+from .types import Draft
+
+SIZES = (0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64)  # the bench's full curve
+QUICK_SIZES = (0, 1, 4, 8, 16, 32, 64)  # the engine's start-up curve
+CANDIDATES = (0, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # budgets the tuner chooses from
+
+
+def template_draft(n: int, vocab: int, rng: torch.Generator) -> Draft:
+    """A best-first tree of n random tokens (the shape tree drafters make)."""
+    from .drafters.recycling import best_first_template
+
+    tmpl = best_first_template(n, (0.5, 0.16, 0.07, 0.04, 0.025, 0.02, 0.015, 0.01), 8)
+    tokens = torch.randint(0, vocab, (n,), generator=rng)
+    return Draft(tokens, torch.tensor([p for p, _ in tmpl], dtype=torch.long))
+
+
+def measure(backend, context: list[int], sizes=SIZES, repeats: int = 15, seed: int = 0,
+            shapes: Sequence[str] = ("chain", "tree"), warmup: int = 2) -> dict:
+    """{"chain": {n: ratio}, "tree": {n: ratio}, "t1_ms": plain step ms} (ratios to n = 0).
+
+    Each pass is followed by the commit that drops its nodes, so every repeat starts from the same
+    cache; sizes are interleaved within each repeat so a machine that slows down hits all alike.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    vocab = backend.vocab_size
+    backend.prefill(context[:-1])
+    root = context[-1]
+    drafts = {}
+    for shape in shapes:
+        for n in sizes:
+            if shape == "chain" or n == 0:
+                drafts[(shape, n)] = tree.chain(torch.randint(0, vocab, (n,), generator=rng).tolist())
+            else:
+                drafts[(shape, n)] = template_draft(n, vocab, rng)
+    times: dict[tuple[str, int], list[float]] = {k: [] for k in drafts}
+    for _ in range(warmup):
+        for d in drafts.values():
+            backend.score(root, d)
+            backend.commit([])
+    for _ in range(repeats):
+        for key, d in drafts.items():
+            t = time.perf_counter()
+            backend.score(root, d)
+            backend.commit([])
+            times[key].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    t1 = med[(shapes[0], 0)]
+    out: dict = {"t1_ms": round(t1 * 1e3, 3)}
+    for shape in shapes:
+        out[shape] = {n: round(med[(shape, n)] / t1, 3) for n in sizes}
+    return out
+
+
+@dataclass(frozen=True)
+class CostCurve:
+    """c(n): pass time over root + n nodes / plain step time, piecewise linear in n."""
+
+    sizes: tuple[int, ...]  # increasing, starts at 0
+    ratios: tuple[float, ...]
+    t1_s: float  # plain step seconds (at the measuring context)
+
+    def cost(self, n: float) -> float:
+        s, r = self.sizes, self.ratios
+        if n <= s[0]:
+            return r[0]
+        i = min(bisect_right(s, n), len(s) - 1)  # segment s[i-1] .. s[i] (the last one past the end)
+        x0, x1, y0, y1 = s[i - 1], s[i], r[i - 1], r[i]
+        return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
+
+    @staticmethod
+    def from_measure(res: dict, shape: str = "tree") -> "CostCurve":
+        pts = sorted((int(n), float(v)) for n, v in res[shape].items())
+        ratios = [v / pts[0][1] for _, v in pts]  # normalise so c(0) = 1 exactly
+        # a pass never costs less than a smaller one (medians of noisy timings can dip)
+        for i in range(1, len(ratios)):
+            ratios[i] = max(ratios[i], ratios[i - 1])
+        return CostCurve(tuple(n for n, _ in pts), tuple(round(r, 4) for r in ratios), res["t1_ms"] / 1e3)
+
+
+def machine_key() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}|{os.cpu_count()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
+def engine_curve(backend, model_id: str, context_len: int = 128, repeats: int = 3) -> CostCurve:
+    """The start-up cost curve for this backend: cached per model, dtype and machine, else measured."""
+    from .models.store import cache_dir
+
+    cfg = getattr(backend.model, "config", None)
+    cfg_text = cfg.to_json_string() if hasattr(cfg, "to_json_string") else repr(cfg)
+    key = hashlib.sha256(f"{model_id}|{backend.dtype}|{machine_key()}|{cfg_text}|{context_len}".encode()).hexdigest()[:20]
+    path = cache_dir() / "verify_cost" / f"{key}.json"
+    try:
+        data = json.loads(path.read_text())
+        return CostCurve(tuple(data["sizes"]), tuple(data["ratios"]), float(data["t1_s"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    ctx = min(context_len, max(1, backend.max_context - 1 - QUICK_SIZES[-1]))
+    sizes = tuple(n for n in QUICK_SIZES if ctx + 1 + n <= backend.max_context)
+    context = torch.randint(0, backend.vocab_size, (ctx,), generator=torch.Generator().manual_seed(0)).tolist()
+    curve = CostCurve.from_measure(measure(backend, context, sizes=sizes, repeats=repeats, shapes=("tree",), warmup=1))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"model": model_id, "dtype": str(backend.dtype), "machine": machine_key(),
+                                   "context": ctx, "sizes": curve.sizes, "ratios": curve.ratios, "t1_s": curve.t1_s}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only means measuring again next time
+    return curve
+
+
+@dataclass
+class Arm:
+    tokens: float = 0.0  # decayed sum of committed tokens
+    cost: float = 0.0  # decayed sum of step cost (plain-step units)
+    steps: int = 0
+
+    @property
+    def value(self) -> float:
+        return self.tokens / self.cost if self.cost > 0 else 0.0
+
+
+@dataclass
+class BudgetTuner:
+    """Chooses each step's budget for one drafter; see the module docstring."""
+
+    curve: CostCurve
+    cap: int  # the drafter's largest budget
+    start: int | None = None  # first budget tried (default: the cap)
+    decay: float = 0.95  # per update of an arm; about 20 steps of memory
+    explore_every: int = 4
+    candidates: tuple[int, ...] = field(init=False)
+    arms: dict[int, Arm] = field(init=False)
+    history: list[tuple[int, int, float]] = field(init=False)  # (budget, committed, cost) per update
+
+    def __post_init__(self) -> None:
+        cands = [c for c in CANDIDATES if c <= self.cap]
+        if self.cap not in cands:
+            cands.append(self.cap)
+        self.candidates = tuple(sorted(cands))
+        self.arms = {c: Arm() for c in self.candidates}
+        self.arms[0] = Arm(1.0, 1.0, 1)  # a plain step: one token for one plain-step time, known exactly
+        first = self.cap if self.start is None else self.start
+        self.current = max((c for c in self.candidates if c <= first), default=0)
+        self._tick = 0
+        self._up = True
+        self.history = []
+
+    def best(self) -> int:
+        tried = [c for c, a in self.arms.items() if a.steps]
+        if not any(c for c in tried):
+            return self.current  # nothing drafted yet: the starting budget
+        return max(tried, key=lambda c: (self.arms[c].value, -c))
+
+    def choose(self) -> int:
+        b = self.best()
+        self._tick += 1
+        every = self.explore_every * (2 if b == 0 else 1)  # plain steps explore half as often
+        if self._tick % every == 0:
+            b = self._neighbour(b)
+        return b
+
+    def _neighbour(self, b: int) -> int:
+        i = self.candidates.index(b)
+        if b == 0:  # from plain steps: try the most promising drafting budget again
+            pos = [c for c in self.candidates if c and self.arms[c].steps]
+            return max(pos, key=lambda c: self.arms[c].value) if pos else self.candidates[min(1, len(self.candidates) - 1)]
+        self._up = not self._up
+        if self._up and i + 1 < len(self.candidates):
+            return self.candidates[i + 1]
+        if i > 1:  # never explore down to 0: its value is known
+            return self.candidates[i - 1]
+        return self.candidates[min(i + 1, len(self.candidates) - 1)]
+
+    def step_cost(self, drafted: int, draft_s: float) -> float:
+        return self.curve.cost(drafted) + draft_s / self.curve.t1_s
+
+    def update(self, budget: int, drafted: int, committed: int, draft_s: float) -> None:
+        if budget == 0:
+            return  # known exactly
+        cost = self.step_cost(drafted, draft_s)
+        a = self.arms[budget]
+        a.tokens = a.tokens * self.decay + committed
+        a.cost = a.cost * self.decay + cost
+        a.steps += 1
+        self.history.append((budget, committed, cost))
+
+
+def best_budget_reference(history: list[tuple[int, int, float]], decay: float, start: int) -> int:
+    """Slow reference for BudgetTuner.best(): recompute each arm's decayed value from the history."""
+    values = {0: 1.0}
+    for b in {h[0] for h in history}:
+        mine = [h for h in history if h[0] == b]
+        k = len(mine)
+        tok = sum(c * decay ** (k - 1 - i) for i, (_, c, _) in enumerate(mine))
+        cost = sum(x * decay ** (k - 1 - i) for i, (_, _, x) in enumerate(mine))
+        values[b] = tok / cost
+    if len(values) == 1:
+        return start
+    return max(values, key=lambda b: (values[b], -b))

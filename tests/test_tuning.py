@@ -1,0 +1,120 @@
+"""The self-tuning budget: cost curve, the tuner's choice against its slow reference, fallback to
+plain steps, the cached start-up measurement, and the engine's budget settings."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from quickdraft import drafters, tuning
+from quickdraft.backend import HFBackend
+from quickdraft.engine import Engine
+from quickdraft.errors import QuickdraftError
+from quickdraft.models import load
+from quickdraft.tuning import BudgetTuner, CostCurve, best_budget_reference
+from quickdraft.types import SamplingParams
+
+from conftest import tiny_model
+
+CURVE = CostCurve((0, 1, 4, 8, 16, 32, 64), (1.0, 1.12, 1.15, 1.18, 1.26, 1.48, 1.82), 0.04)
+
+
+def test_cost_curve_interpolates_and_extrapolates():
+    assert CURVE.cost(0) == 1.0 and CURVE.cost(8) == 1.18
+    assert CURVE.cost(12) == pytest.approx((1.18 + 1.26) / 2)
+    assert CURVE.cost(96) == pytest.approx(1.82 + (1.82 - 1.48) * 32 / 32)  # last segment continued
+    c = CostCurve.from_measure({"t1_ms": 40.0, "tree": {0: 1.02, 4: 1.2, 8: 1.1, 16: 1.3}})
+    assert c.ratios[0] == 1.0 and list(c.ratios) == sorted(c.ratios), "normalised to c(0)=1 and never decreasing"
+    assert c.t1_s == 0.04
+
+
+def simulate(tuner: BudgetTuner, gain, steps: int, draft_s: float = 0.0, seed: int = 0) -> list[int]:
+    """Committed tokens per step ~ 1 + Binomial-ish(gain(b)); returns the budgets chosen."""
+    rng = random.Random(seed)
+    chosen = []
+    for _ in range(steps):
+        b = tuner.choose()
+        chosen.append(b)
+        extra = sum(rng.random() < p for p in gain(b))
+        tuner.update(b, b, 1 + extra, draft_s if b else 0.0)
+        assert tuner.best() == best_budget_reference(tuner.history, tuner.decay, tuner.current)
+    return chosen
+
+
+def test_tuner_finds_the_best_budget_and_matches_the_reference():
+    # per-node acceptance falls with rank: expected tokens/cost peaks at a middle budget
+    def gain(b):
+        return [0.5 * 0.8 ** i for i in range(b)]
+
+    values = {b: (1 + sum(gain(b))) / CURVE.cost(b) for b in tuning.CANDIDATES}
+    best = max(values, key=values.get)
+    t = BudgetTuner(CURVE, cap=64, start=4)
+    chosen = simulate(t, gain, 600)
+    late = chosen[300:]
+    assert max(set(late), key=late.count) in {best, *[b for b in values if values[b] > 0.97 * values[best]]}
+    assert t.best() != 0
+
+
+def test_tuner_falls_back_to_plain_steps_when_drafting_does_not_pay():
+    t = BudgetTuner(CURVE, cap=32, start=16)
+    chosen = simulate(t, lambda b: [0.01] * b, 400, draft_s=0.004)
+    late = chosen[100:]
+    assert late.count(0) / len(late) > 0.8, "drafting that never pays must become plain steps"
+    assert any(late), "it keeps probing so drafting can come back"
+    # ... and comes back when drafting pays again
+    chosen = simulate(t, lambda b: [0.9] * min(b, 6), 300, seed=1)
+    assert chosen[-100:].count(0) < 30
+
+
+def test_engine_curve_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
+    backend = HFBackend(tiny_model("llama"))
+    curve = tuning.engine_curve(backend, "tiny-llama")
+    assert curve.sizes[0] == 0 and curve.ratios[0] == 1.0 and curve.t1_s > 0
+    files = list((tmp_path / "verify_cost").glob("*.json"))
+    assert len(files) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("measured again despite the cache")
+
+    monkeypatch.setattr(tuning, "measure", boom)
+    assert tuning.engine_curve(backend, "tiny-llama") == curve
+    with pytest.raises(AssertionError):
+        tuning.engine_curve(backend, "another-model")  # another key: measured
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_folder):
+    model, tok, name = load(str(tiny_folder), torch.float32)
+    return Engine(model, tok, name)
+
+
+def test_engine_budget_settings(engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
+    prompt = "w7 w8 w9 w7 w8 w9 w7 w8"
+    params = SamplingParams(max_new_tokens=30)
+    ar = engine.generate(prompt, "ar", params).generation
+    assert set(ar.stats.budgets) == {0}
+    for method in drafters.names():
+        if method == "ar":
+            continue
+        fixed = engine.generate(prompt, method, params, settings=["budget=3"]).generation
+        assert fixed.tokens == ar.tokens and set(fixed.stats.budgets) == {3}
+        assert max(fixed.stats.drafted) <= 3
+        tuned = engine.generate(prompt, method, params).generation
+        assert tuned.tokens == ar.tokens, f"{method} with the self-tuner changed the output"
+        assert len(tuned.stats.budgets) == tuned.stats.steps
+        assert all(d <= b for d, b in zip(tuned.stats.drafted, tuned.stats.budgets))
+        assert engine.tuner(method) is engine.tuner(method, ["budget=auto"]), "one tuner per drafter, kept"
+    assert engine.generate(prompt, "pld", params, settings=["budget=0"]).generation.stats.steps == ar.stats.steps
+
+
+def test_budget_setting_errors():
+    assert drafters.split_budget(["budget=5", "k=2"]) == (5, ["k=2"])
+    assert drafters.split_budget(["budget=auto"]) == (None, [])
+    assert drafters.make_config("recycling", ["budget=8"]) == drafters.make_config("recycling", [])
+    for bad in ("budget=-1", "budget=lots"):
+        with pytest.raises(QuickdraftError, match="budget"):
+            drafters.make_config("pld", [bad])
