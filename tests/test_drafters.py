@@ -73,8 +73,8 @@ def test_recycling_fills_template_from_adjacency_and_learns():
     logits2[1, 2], logits2[1, 1] = 3.0, 2.0  # after 7: 2, then 1
     d.observe(3, draft, logits2, Verdict([0], [7, 2]))
     draft = d.propose([3], 4)
-    assert draft.tokens.tolist()[:3] == [7, 8, 2]  # 2 hangs under 7 now
-    assert draft.parents.tolist()[:3] == [-1, -1, 0]
+    assert draft.tokens.tolist()[:3] == [7, 2, 8]  # 2 hangs under 7 now (value 0.6*0.6 > 0.3)
+    assert draft.parents.tolist()[:3] == [-1, 0, -1]
 
 
 def test_registry_and_settings():

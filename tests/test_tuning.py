@@ -38,7 +38,7 @@ def simulate(tuner: BudgetTuner, gain, steps: int, draft_s: float = 0.0, seed: i
         b = tuner.choose()
         chosen.append(b)
         extra = sum(rng.random() < p for p in gain(b))
-        tuner.update(b, b, 1 + extra, draft_s if b else 0.0)
+        tuner.update(b, b, 1 + extra, draft_s if b else 0.0)  # not prefix-consistent: no counterfactuals
         assert tuner.best() == best_budget_reference(tuner.history, tuner.decay, tuner.current)
     return chosen
 
@@ -118,3 +118,31 @@ def test_budget_setting_errors():
     for bad in ("budget=-1", "budget=lots"):
         with pytest.raises(QuickdraftError, match="budget"):
             drafters.make_config("pld", [bad])
+
+
+def test_counterfactual_updates_for_prefix_consistent_drafters():
+    t = BudgetTuner(CURVE, cap=16, start=16, prefix_consistent=True)
+    t.update(16, 16, 4, 0.0, path=[0, 3, 9])  # nodes 0, 3, 9 accepted
+    assert t.arms[16].tokens == 4
+    assert [t.arms[b].tokens for b in (12, 8, 6, 4, 2)] == [4, 3, 3, 3, 2]
+    assert t.arms[8].cost == pytest.approx(CURVE.cost(8))
+    assert t._neighbour(8) == 12, "exploring upwards measures the smaller budgets too"
+
+
+@pytest.mark.parametrize("method", [m for m in drafters.names() if m != "ar"])
+def test_prefix_consistent_drafters_really_are(engine, method, tmp_path, monkeypatch):
+    """A drafter that says so: its draft for budget b' is the first b' nodes of its draft for b."""
+    import copy
+
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
+    d = engine.drafter(method)
+    if not d.prefix_consistent:
+        pytest.skip(f"{method} does not claim it")
+    ids = engine.encode("w7 w8 w9 w7 w8 w9 w7 w8 w10 w7 w8 w9")
+    engine.generate_ids(ids, method, SamplingParams(max_new_tokens=20))  # warm the drafter's state
+    seq = ids + [7, 8]
+    big = copy.deepcopy(d).propose(seq, 64)
+    assert big.size > 2, "the test needs a real tree"
+    for b in (1, 2, 5, big.size // 2, big.size):
+        small = copy.deepcopy(d).propose(seq, b)
+        assert small.tokens.tolist() == big.tokens[:b].tolist() and small.parents.tolist() == big.parents[:b].tolist()

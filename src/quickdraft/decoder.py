@@ -95,8 +95,8 @@ class Decoder:
             self.backend.commit(verdict.path)
             td = time.perf_counter()
             drafter.observe(seq[-1], draft, logits, verdict)
-            if tuner is not None:
-                tuner.update(b, draft.size, len(verdict.tokens), draft_s + time.perf_counter() - td)
+            if tuner is not None and stats.steps > 0:  # the prefill step's drafting indexes the whole prompt
+                tuner.update(b, draft.size, len(verdict.tokens), draft_s + time.perf_counter() - td, verdict.path)
             new = verdict.tokens[:room]
             for i, t in enumerate(new):
                 if t in self.eos_ids:

@@ -111,7 +111,8 @@ class Engine:
         if key not in self._tuners:
             d = self.drafter(method, settings)
             cap = d.default_budget()
-            self._tuners[key] = BudgetTuner(self.cost_curve(), cap, start=d.start_budget()) if cap > 0 else None
+            self._tuners[key] = (BudgetTuner(self.cost_curve(), cap, start=d.start_budget(),
+                                             prefix_consistent=d.prefix_consistent) if cap > 0 else None)
         return self._tuners[key]
 
     def reset_drafters(self) -> None:

@@ -9,10 +9,14 @@ those ratios linearly (and extrapolates past the last size). `engine_curve` meas
 Acceptance model. `BudgetTuner` keeps, per candidate budget b (0, 2, 4, 8, ... up to the drafter's
 cap), decayed sums of tokens committed per step (bonus included) and of step cost in plain-step units,
 cost = c(nodes actually drafted) + drafting time / T1. The value of b is committed / cost: tokens
-per plain-step time. b = 0 (a plain step, no drafting at all) is worth exactly 1.
-Choice. The tried budget of highest value; every `explore_every`-th step a neighbour of it instead
-(alternately the next smaller and the next larger candidate; from 0, the best positive one), so
-budgets not chosen stay measured and drafting comes back when it starts paying again.
+per plain-step time. b = 0 (a plain step, no drafting at all) is worth exactly 1. Drafters whose
+draft for a budget b' is the first b' nodes of their draft for any larger b (`prefix_consistent`:
+best-first trees, chains) update every smaller budget from each step too: the accepted path cut at
+the first node numbered >= b' is what b' would have given. The prefill step is not counted.
+Choice. The tried budget of highest value; every `explore_every`-th step another one instead: the
+next larger candidate (prefix-consistent drafters; it measures all smaller ones too), else
+alternately the next smaller and larger; from 0, the most promising positive one. So budgets not
+chosen stay measured, and drafting comes back when it starts paying again.
 
 Invariants: the tuner sees only counts, sizes and times, never token ids, so it cannot change
 outputs (losslessness is the verifier's). A fixed budget (`--set budget=N`) bypasses it.
@@ -170,11 +174,12 @@ class BudgetTuner:
     curve: CostCurve
     cap: int  # the drafter's largest budget
     start: int | None = None  # first budget tried (default: the cap)
+    prefix_consistent: bool = False  # the drafter's draft for budget b' < b is the first b' nodes of its draft for b
     decay: float = 0.95  # per update of an arm; about 20 steps of memory
     explore_every: int = 4
     candidates: tuple[int, ...] = field(init=False)
     arms: dict[int, Arm] = field(init=False)
-    history: list[tuple[int, int, float]] = field(init=False)  # (budget, committed, cost) per update
+    history: list[tuple[int, int, float]] = field(init=False)  # (budget, committed, cost) per arm update
 
     def __post_init__(self) -> None:
         cands = [c for c in CANDIDATES if c <= self.cap]
@@ -207,7 +212,9 @@ class BudgetTuner:
         i = self.candidates.index(b)
         if b == 0:  # from plain steps: try the most promising drafting budget again
             pos = [c for c in self.candidates if c and self.arms[c].steps]
-            return max(pos, key=lambda c: self.arms[c].value) if pos else self.candidates[min(1, len(self.candidates) - 1)]
+            return max(pos, key=lambda c: self.arms[c].value) if pos else self.current
+        if self.prefix_consistent:  # a larger budget also measures every smaller one
+            return self.candidates[min(i + 1, len(self.candidates) - 1)]
         self._up = not self._up
         if self._up and i + 1 < len(self.candidates):
             return self.candidates[i + 1]
@@ -218,15 +225,28 @@ class BudgetTuner:
     def step_cost(self, drafted: int, draft_s: float) -> float:
         return self.curve.cost(drafted) + draft_s / self.curve.t1_s
 
-    def update(self, budget: int, drafted: int, committed: int, draft_s: float) -> None:
+    def update(self, budget: int, drafted: int, committed: int, draft_s: float,
+               path: Sequence[int] | None = None) -> None:
+        """After a step: `committed` tokens from a draft of `drafted` nodes; `path` the accepted nodes.
+
+        For a prefix-consistent drafter the step also tells what every smaller budget b' would
+        have given: the accepted path cut at its first node numbered >= b', plus one token.
+        """
         if budget == 0:
             return  # known exactly
-        cost = self.step_cost(drafted, draft_s)
-        a = self.arms[budget]
+        self._add(budget, committed, self.step_cost(drafted, draft_s))
+        if self.prefix_consistent and path is not None:
+            for b in self.candidates:
+                if 0 < b < budget:
+                    k = next((j for j, node in enumerate(path) if node >= b), len(path))
+                    self._add(b, k + 1, self.step_cost(min(drafted, b), draft_s))
+
+    def _add(self, b: int, committed: int, cost: float) -> None:
+        a = self.arms[b]
         a.tokens = a.tokens * self.decay + committed
         a.cost = a.cost * self.decay + cost
         a.steps += 1
-        self.history.append((budget, committed, cost))
+        self.history.append((b, committed, cost))
 
 
 def best_budget_reference(history: list[tuple[int, int, float]], decay: float, start: int) -> int:

@@ -32,11 +32,14 @@ def parse_methods(text: str, draft_model: str | None) -> list[str]:
     if not methods:
         raise QuickdraftError("--methods is empty; give a comma-separated list such as ar,pld,hf")
     known = drafters.names() + list(BASELINES)
-    unknown = [m for m in methods if m not in known]
+    unknown = [m for m in methods if m.split(":")[0] not in known or (":" in m and m.split(":")[0] in BASELINES)]
     if unknown:
         raise QuickdraftError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                              f"choose from: {', '.join(known)}")
+                              f"choose from: {', '.join(known)} (a drafter may take settings: goose:budget=24)")
     for m in methods:
+        name, *settings = m.split(":")
+        if settings:  # a drafter with settings, e.g. goose:budget=24 (checked now, before loading anything)
+            drafters.make_config(name, settings)
         if needs_draft_model(m) and not draft_model:
             raise QuickdraftError(f"{m} needs a draft model; pass --draft-model NAME (or drop {m})")
     methods = list(dict.fromkeys(methods))

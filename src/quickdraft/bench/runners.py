@@ -53,13 +53,15 @@ class EngineRunner:
     same_weights = True  # runs the engine's own weights: differences from ar are numerics only
 
     def __init__(self, engine, method: str) -> None:
-        self.engine, self.method = engine, method
-        engine.drafter(method)  # build it now: unknown names fail before the run starts
+        """method: a drafter name, optionally with settings: name:key=value[:key=value...]."""
+        self.engine = engine
+        self.method, *self.settings = method.split(":")
+        engine.drafter(self.method, self.settings)  # build it now: unknown names fail before the run starts
 
     def generate(self, ids: list[int], max_new: int) -> Result:
         params = SamplingParams(max_new_tokens=max_new)
         t = time.perf_counter()
-        g = self.engine.generate_ids(ids, self.method, params).generation
+        g = self.engine.generate_ids(ids, self.method, params, settings=self.settings).generation
         wall = time.perf_counter() - t
         return Result(cut_at_eos(g.tokens, set(self.engine.eos_ids), max_new), wall, g.stats.steps,
                       list(g.stats.accepted_lengths), list(g.stats.budgets))

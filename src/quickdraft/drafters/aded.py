@@ -261,6 +261,7 @@ def best_first_reference(succ: SuccFn, prev: int | None, root: int, budget: int,
 
 @register("aded")
 class ADED(BaseDrafter):
+    prefix_consistent = True  # a chain / best-first tree: fewer nodes = a prefix
 
     @dataclass(frozen=True)
     class Config:

@@ -11,6 +11,9 @@ from ..types import Draft, Verdict
 
 class BaseDrafter:
     needs_prefill_logits = False
+    # propose(seq, b') returns the first b' nodes of propose(seq, b) for b' < b (best-first trees,
+    # chains); the self-tuner then learns every smaller budget from each step. False if unsure.
+    prefix_consistent = False
 
     def start(self, prompt: Sequence[int]) -> None:
         pass

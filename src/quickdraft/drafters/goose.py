@@ -199,6 +199,7 @@ def build_reference(root: int, prev: int, spine: list[int], spine_kind: tuple | 
 
 @register("goose")
 class Goose(BaseDrafter):
+    prefix_consistent = True  # a chain / best-first tree: fewer nodes = a prefix
 
     @dataclass(frozen=True)
     class Config:

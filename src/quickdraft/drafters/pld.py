@@ -71,6 +71,7 @@ def ngram_lookup_reference(seq: Sequence[int], sizes: Sequence[int], num_pred: i
 
 @register("pld")
 class PromptLookup(BaseDrafter):
+    prefix_consistent = True  # a chain / best-first tree: fewer nodes = a prefix
     @dataclass(frozen=True)
     class Config:
         max_ngram: int = 3  # longest suffix looked up

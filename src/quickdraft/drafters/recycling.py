@@ -27,10 +27,13 @@ from . import register
 from .base import BaseDrafter
 
 
-def best_first_template(nodes: int, rank_probs: Sequence[float], max_depth: int) -> list[tuple[int, int]]:
+def best_first_template(nodes: int, rank_probs: Sequence[float], max_depth: int,
+                        value_order: bool = False) -> list[tuple[int, int]]:
     """[(parent, rank)] of the `nodes` highest-value nodes in BFS order; parent -1 = root.
 
-    Value of a node = product of rank_probs[rank] along its path from the root.
+    Value of a node = product of rank_probs[rank] along its path from the root. value_order: keep
+    the order nodes were picked in (decreasing value, parents first) instead, so the template for
+    fewer nodes is a prefix of this one.
     """
     # heap of (-value, tiebreak, parent_id, rank, depth); ids index `chosen`
     counter = itertools.count()
@@ -44,6 +47,8 @@ def best_first_template(nodes: int, rank_probs: Sequence[float], max_depth: int)
         if depth < max_depth:
             for r in range(len(rank_probs)):
                 heapq.heappush(heap, (negv * rank_probs[r], next(counter), me, r, depth + 1))
+    if value_order:
+        return [(p, r) for p, r, _, _ in chosen]
     # BFS order: by depth, then by (parent's new index, rank).
     order = sorted(range(len(chosen)), key=lambda i: (chosen[i][2], 0))
     new = {-1: -1}
@@ -80,6 +85,7 @@ def template_paths(template: list[tuple[int, int]]) -> set[tuple[int, ...]]:
 
 @register("recycling")
 class TokenRecycling(BaseDrafter):
+    prefix_consistent = True  # templates are in value order: fewer nodes = a prefix
 
     @dataclass(frozen=True)
     class Config:
@@ -109,19 +115,18 @@ class TokenRecycling(BaseDrafter):
         self.adjacency = torch.full((vocab_size, self.k), -1, dtype=torch.long)  # [V, k]
         self._templates: dict[int, tuple[Tensor, Tensor, list[tuple[int, int]]]] = {}
 
-    def template(self, nodes: int) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-        """(parents [N], ranks [N], [(lo, hi)] node range per depth) of the best-first N-node tree."""
+    def template(self, nodes: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(parents [N], ranks [N], [node indices of depth d, d = 1, 2, ...]) of the best-first
+        N-node tree, nodes in decreasing value (so the template for fewer nodes is a prefix)."""
         if nodes not in self._templates:
-            tmpl = best_first_template(nodes, self.config.rank_probs[: self.k], self.config.max_depth)
+            tmpl = best_first_template(nodes, self.config.rank_probs[: self.k], self.config.max_depth, value_order=True)
             parent = torch.tensor([p for p, _ in tmpl], dtype=torch.long)  # [N]
             rank = torch.tensor([r for _, r in tmpl], dtype=torch.long)  # [N]
             depth: list[int] = []
             for p, _ in tmpl:
                 depth.append(1 if p < 0 else depth[p] + 1)
-            layers = []  # contiguous node ranges per depth (BFS order)
-            for d in range(1, max(depth, default=0) + 1):
-                lo = depth.index(d)
-                layers.append((lo, lo + depth.count(d)))
+            dep = torch.tensor(depth, dtype=torch.long)
+            layers = [(dep == d).nonzero().flatten() for d in range(1, max(depth, default=0) + 1)]  # [n_d] each
             self._templates[nodes] = (parent, rank, layers)
         return self._templates[nodes]
 
@@ -144,25 +149,30 @@ class TokenRecycling(BaseDrafter):
                 self._harvest(tokens[s:s + 256], logits[s:s + 256])
 
     def propose(self, seq: Sequence[int], budget: int) -> Draft:
-        """The best-first template of min(budget, nodes) nodes filled from the adjacency matrix."""
-        n = min(budget, self.config.nodes)
-        if n <= 0:
+        """The first min(budget, nodes) known nodes of the best-first template, filled from the matrix.
+
+        The full template is filled and nodes under an unknown successor dropped before cutting to
+        the budget, so the draft for a smaller budget is a prefix of this one (prefix_consistent).
+        """
+        if min(budget, self.config.nodes) <= 0:
             return Draft.empty()
-        t_parent, t_rank, layers = self.template(n)
+        t_parent, t_rank, layers = self.template(self.config.nodes)
+        n = t_parent.numel()
         tokens = torch.empty(n, dtype=torch.long)  # [N]
-        for lo, hi in layers:
-            if lo == 0:
-                parent_tok = torch.full((hi - lo,), int(seq[-1]), dtype=torch.long)
+        for d, idx in enumerate(layers):  # one gather per depth
+            if d == 0:
+                parent_tok = torch.full((idx.numel(),), int(seq[-1]), dtype=torch.long)
             else:
-                parent_tok = tokens[t_parent[lo:hi]]
+                parent_tok = tokens[t_parent[idx]]
             # an unknown parent (-1) stays unknown below it
-            tokens[lo:hi] = torch.where(parent_tok >= 0, self.adjacency[parent_tok.clamp(min=0), t_rank[lo:hi]], -1)
+            tokens[idx] = torch.where(parent_tok >= 0, self.adjacency[parent_tok.clamp(min=0), t_rank[idx]], -1)
         valid = tokens >= 0  # [N]; an invalid node's subtree is invalid too
+        parents = t_parent
         if not bool(valid.all()):
             new_index = torch.cumsum(valid.long(), 0) - 1  # [N]
-            parents = torch.where(t_parent >= 0, new_index[t_parent.clamp(min=0)], -1)
-            return Draft(tokens[valid], parents[valid])
-        return Draft(tokens, t_parent)
+            parents = torch.where(t_parent >= 0, new_index[t_parent.clamp(min=0)], -1)[valid]
+            tokens = tokens[valid]
+        return Draft(tokens[:budget], parents[:budget])
 
     def observe(self, root: int, draft: Draft, logits: Tensor, verdict: Verdict) -> None:
         inputs = torch.cat([torch.tensor([root], dtype=torch.long), draft.tokens])  # [n+1]
