@@ -95,7 +95,9 @@ class Decoder:
             self.backend.commit(verdict.path)
             td = time.perf_counter()
             drafter.observe(seq[-1], draft, logits, verdict)
-            if tuner is not None and stats.steps > 0:  # the prefill step's drafting indexes the whole prompt
+            # not counted: the prefill step (its drafting indexes the whole prompt) and empty drafts
+            # (the drafter had nothing to offer: the step says nothing about the budget)
+            if tuner is not None and stats.steps > 0 and draft.size:
                 tuner.update(b, draft.size, len(verdict.tokens), draft_s + time.perf_counter() - td, verdict.path)
             new = verdict.tokens[:room]
             for i, t in enumerate(new):

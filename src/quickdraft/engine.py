@@ -93,10 +93,12 @@ class Engine:
 
     # --- generation ------------------------------------------------------------------------
     def drafter(self, method: str, settings: list[str] | None = None):
-        key = (method, tuple(drafters.split_budget(settings)[1]))
+        """The drafter for method and settings; every distinct settings list gets its own instance
+        (budget= included), so two configurations never share what they learn."""
+        key = (method, tuple(settings or ()))
         if key not in self._drafters:
-            self._drafters[key] = drafters.create(method, list(key[1]), vocab_size=self.backend.vocab_size,
-                                                  tokenizer=self.tokenizer)
+            self._drafters[key] = drafters.create(method, drafters.split_budget(settings)[1],
+                                                  vocab_size=self.backend.vocab_size, tokenizer=self.tokenizer)
         return self._drafters[key]
 
     def cost_curve(self) -> CostCurve:
@@ -107,7 +109,7 @@ class Engine:
 
     def tuner(self, method: str, settings: list[str] | None = None) -> BudgetTuner | None:
         """The self-tuner of this drafter (None for a drafter that never drafts)."""
-        key = (method, tuple(drafters.split_budget(settings)[1]))
+        key = (method, tuple(settings or ()))
         if key not in self._tuners:
             d = self.drafter(method, settings)
             cap = d.default_budget()

@@ -12,7 +12,8 @@ cost = c(nodes actually drafted) + drafting time / T1. The value of b is committ
 per plain-step time. b = 0 (a plain step, no drafting at all) is worth exactly 1. Drafters whose
 draft for a budget b' is the first b' nodes of their draft for any larger b (`prefix_consistent`:
 best-first trees, chains) update every smaller budget from each step too: the accepted path cut at
-the first node numbered >= b' is what b' would have given. The prefill step is not counted.
+the first node numbered >= b' is what b' would have given. The prefill step and steps whose draft
+came back empty (nothing to propose, whatever the budget) are not counted.
 Choice. The tried budget of highest value; every `explore_every`-th step another one instead: the
 next larger candidate (prefix-consistent drafters; it measures all smaller ones too), else
 alternately the next smaller and larger; from 0, the most promising positive one. So budgets not
@@ -176,6 +177,7 @@ class BudgetTuner:
     start: int | None = None  # first budget tried (default: the cap)
     prefix_consistent: bool = False  # the drafter's draft for budget b' < b is the first b' nodes of its draft for b
     decay: float = 0.95  # per update of an arm; about 20 steps of memory
+    prior_steps: float = 2.0  # weight of the prior, in steps
     explore_every: int = 4
     candidates: tuple[int, ...] = field(init=False)
     arms: dict[int, Arm] = field(init=False)
@@ -186,7 +188,13 @@ class BudgetTuner:
         if self.cap not in cands:
             cands.append(self.cap)
         self.candidates = tuple(sorted(cands))
-        self.arms = {c: Arm() for c in self.candidates}
+        # A prior worth `prior_steps` steps per budget: node i of a best-first draft accepted with
+        # probability 0.5 * 0.7**i (about what trees reach here), so one unlucky draft cannot
+        # switch drafting off; real steps outweigh it within a few dozen updates.
+        self.arms = {}
+        for c in self.candidates:
+            tau = 1 + sum(0.5 * 0.7 ** i for i in range(c))
+            self.arms[c] = Arm(self.prior_steps * tau, self.prior_steps * self.curve.cost(c), 0)
         self.arms[0] = Arm(1.0, 1.0, 1)  # a plain step: one token for one plain-step time, known exactly
         first = self.cap if self.start is None else self.start
         self.current = max((c for c in self.candidates if c <= first), default=0)
@@ -195,10 +203,9 @@ class BudgetTuner:
         self.history = []
 
     def best(self) -> int:
-        tried = [c for c, a in self.arms.items() if a.steps]
-        if not any(c for c in tried):
+        if not any(a.steps for c, a in self.arms.items() if c):
             return self.current  # nothing drafted yet: the starting budget
-        return max(tried, key=lambda c: (self.arms[c].value, -c))
+        return max(self.arms, key=lambda c: (self.arms[c].value, -c))
 
     def choose(self) -> int:
         b = self.best()
@@ -211,8 +218,7 @@ class BudgetTuner:
     def _neighbour(self, b: int) -> int:
         i = self.candidates.index(b)
         if b == 0:  # from plain steps: try the most promising drafting budget again
-            pos = [c for c in self.candidates if c and self.arms[c].steps]
-            return max(pos, key=lambda c: self.arms[c].value) if pos else self.current
+            return max((c for c in self.candidates if c), key=lambda c: self.arms[c].value, default=0)
         if self.prefix_consistent:  # a larger budget also measures every smaller one
             return self.candidates[min(i + 1, len(self.candidates) - 1)]
         self._up = not self._up
@@ -249,15 +255,20 @@ class BudgetTuner:
         self.history.append((b, committed, cost))
 
 
-def best_budget_reference(history: list[tuple[int, int, float]], decay: float, start: int) -> int:
-    """Slow reference for BudgetTuner.best(): recompute each arm's decayed value from the history."""
+def best_budget_reference(tuner: BudgetTuner) -> int:
+    """Slow reference for BudgetTuner.best(): recompute each arm's value from the prior and the
+    full history of its updates, each weighted by decay ** (updates of that arm since)."""
+    if not tuner.history:
+        return tuner.current
     values = {0: 1.0}
-    for b in {h[0] for h in history}:
-        mine = [h for h in history if h[0] == b]
+    for b in tuner.candidates:
+        if b == 0:
+            continue
+        mine = [h for h in tuner.history if h[0] == b]
         k = len(mine)
-        tok = sum(c * decay ** (k - 1 - i) for i, (_, c, _) in enumerate(mine))
-        cost = sum(x * decay ** (k - 1 - i) for i, (_, _, x) in enumerate(mine))
+        tau = 1 + sum(0.5 * 0.7 ** i for i in range(b))
+        tok = tuner.prior_steps * tau * tuner.decay ** k + sum(c * tuner.decay ** (k - 1 - i) for i, (_, c, _) in enumerate(mine))
+        cost = (tuner.prior_steps * tuner.curve.cost(b) * tuner.decay ** k
+                + sum(x * tuner.decay ** (k - 1 - i) for i, (_, _, x) in enumerate(mine)))
         values[b] = tok / cost
-    if len(values) == 1:
-        return start
     return max(values, key=lambda b: (values[b], -b))
