@@ -16,6 +16,7 @@ import torch
 from quickdraft import drafters, tree
 from quickdraft.backend import HFBackend
 from quickdraft.decoder import Decoder
+from quickdraft.tuning import BudgetTuner, CostCurve
 from quickdraft.drafters.base import BaseDrafter
 from quickdraft.types import Draft, SamplingParams
 
@@ -124,10 +125,27 @@ def test_every_drafter_equals_plain_greedy(kind):
 
 
 def test_sliding_window_model_long_context_lossless():
+    """Gemma 3 with a window of 5 and prompts of 38 tokens: trees far past the window stay exact,
+    for every drafter, with fixed budgets and with the self-tuner choosing budgets step by step."""
     model = tiny_model("gemma3", seed=2, sliding_window=5)
     prompt = prompts(2)[1] * 2
     ref = reference_greedy(model, prompt, 30)
-    for name, settings in METHOD_SETTINGS[::2]:
+    curve = CostCurve((0, 1, 4, 8, 16, 32, 64), (1.0, 1.02, 1.03, 1.05, 1.1, 1.3, 1.6), 0.001)
+    moved = set()
+    for name in drafters.names():
+        d = drafters.create(name, [], vocab_size=VOCAB)
+        tuner = BudgetTuner(curve, d.default_budget(), start=d.start_budget(), prefix_consistent=d.prefix_consistent,
+                            explore_every=2) if d.default_budget() else None
+        dec = Decoder(HFBackend(model), d, eos_ids=[])
+        for _ in range(3):  # the tuner moves between requests too
+            g = dec.generate(prompt, SamplingParams(max_new_tokens=30), 0, tuner=tuner)
+            assert g.tokens == ref, f"{name} with the self-tuner differs past the sliding window"
+        if tuner is not None:
+            assert tuner.history and set(g.stats.budgets) <= set(tuner.candidates), f"{name}: tuner not used"
+            if len(set(g.stats.budgets)) > 1:
+                moved.add(name)
+    assert moved, "the tuner never changed a budget: the test would not exercise varying trees"
+    for name, settings in METHOD_SETTINGS:
         d = drafters.create(name, settings, vocab_size=VOCAB)
         assert run(model, d, prompt, budget=d.default_budget(), max_new=30).tokens == ref
 
