@@ -36,6 +36,7 @@ from ..errors import QuickdraftError
 from ..types import Draft, Verdict
 from . import register
 from .base import BaseDrafter
+from .pld import NgramIndex
 
 SCORE_BINS = (0.1, 0.25, 0.5, 0.8)  # table successors' softmax score -> bin 0..4
 
@@ -44,34 +45,20 @@ def score_bin(p: float) -> int:
     return sum(p >= b for b in SCORE_BINS)
 
 
-class ContextMatcher:
-    """Incremental index n-gram -> [last end, occurrences, next token, all followed by it]."""
+class ContextMatcher(NgramIndex):
+    """pld's incremental index, each n-gram -> [last end, occurrences, next token, all followed by it]."""
 
     def __init__(self, sizes: Sequence[int]) -> None:
-        self.sizes = tuple(sorted(set(sizes), reverse=True))
-        self.tables: dict[int, dict[tuple[int, ...], list]] = {n: {} for n in self.sizes}
-        self.indexed = 0
+        super().__init__(sizes, latest=True)
 
-    def reset(self) -> None:
-        for t in self.tables.values():
-            t.clear()
-        self.indexed = 0
-
-    def update(self, seq: Sequence[int]) -> None:
-        """Index each n-gram ending at j < len(seq) - 1 (those have a continuation)."""
-        for j in range(self.indexed, len(seq) - 1):
-            nxt = seq[j + 1]
-            for n in self.sizes:
-                if j + 1 >= n:
-                    key = tuple(seq[j + 1 - n: j + 1])
-                    e = self.tables[n].get(key)
-                    if e is None:
-                        self.tables[n][key] = [j, 1, nxt, True]
-                    else:
-                        e[0] = j
-                        e[1] += 1
-                        e[3] = e[3] and e[2] == nxt
-        self.indexed = max(self.indexed, len(seq) - 1)
+    def _record(self, table: dict, key: tuple[int, ...], j: int, nxt: int) -> None:
+        e = table.get(key)
+        if e is None:
+            table[key] = [j, 1, nxt, True]
+        else:
+            e[0] = j
+            e[1] += 1
+            e[3] = e[3] and e[2] == nxt
 
     def match(self, tail: Sequence[int], min_n: int = 1) -> tuple[int, int, bool] | None:
         """(n, end of the most recent occurrence, consensus) of the longest indexed suffix of tail."""
@@ -296,8 +283,8 @@ class Goose(BaseDrafter):
         """Rows for tokens [m] (previous tokens `before`, -1 unknown) from logits [m, V]."""
         if tokens.numel() == 0:
             return
-        top = torch.topk(logits.float(), self.k, dim=-1)
-        probs = torch.softmax(top.values, dim=-1)  # [m, k]
+        top = torch.topk(logits, self.k, dim=-1)  # on the logits' own dtype: no [m, V] float copy
+        probs = torch.softmax(top.values.float(), dim=-1)  # [m, k]
         self.uni_tok[tokens] = top.indices
         self.uni_p[tokens] = probs
         self._rows = {}

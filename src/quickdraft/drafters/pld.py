@@ -38,12 +38,15 @@ class NgramIndex:
         for j in range(self.indexed, len(seq) - 1):
             for n in self.sizes:
                 if j + 1 >= n:
-                    key = tuple(seq[j + 1 - n: j + 1])
-                    if self.latest:
-                        self.tables[n][key] = j
-                    else:
-                        self.tables[n].setdefault(key, j)
+                    self._record(self.tables[n], tuple(seq[j + 1 - n: j + 1]), j, seq[j + 1])
         self.indexed = max(self.indexed, len(seq) - 1)
+
+    def _record(self, table: dict, key: tuple[int, ...], j: int, nxt: int) -> None:
+        """The n-gram `key` ends at j and is followed by token nxt."""
+        if self.latest:
+            table[key] = j
+        else:
+            table.setdefault(key, j)
 
     def lookup(self, seq: Sequence[int], num_pred: int) -> list[int]:
         """Tokens following an earlier occurrence of the longest matching suffix of seq."""
