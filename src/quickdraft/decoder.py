@@ -91,9 +91,9 @@ class Decoder:
                 drafter.observe_prefill(torch.tensor(seen, dtype=torch.long), prefix_logits)  # aligned rows
             else:
                 logits = self.backend.score(seq[-1], draft)  # [n+1, V]
+            td = time.perf_counter()  # verifying, committing and observing count as drafting's cost
             verdict = self.verifier.verify(draft, logits, params, rng, noise, pos=len(out))
             self.backend.commit(verdict.path)
-            td = time.perf_counter()
             drafter.observe(seq[-1], draft, logits, verdict)
             # not counted: the prefill step (its drafting indexes the whole prompt) and empty drafts
             # (the drafter had nothing to offer: the step says nothing about the budget)

@@ -8,7 +8,8 @@ those ratios linearly (and extrapolates past the last size). `engine_curve` meas
 
 Acceptance model. `BudgetTuner` keeps, per candidate budget b (0, 2, 4, 8, ... up to the drafter's
 cap), decayed sums of tokens committed per step (bonus included) and of step cost in plain-step units,
-cost = c(nodes actually drafted) + drafting time / T1. The value of b is committed / cost: tokens
+cost = c(nodes actually drafted) + (drafting + verifying + committing + observing time) / T1
+(the forward's own cost is the curve's). The value of b is committed / cost: tokens
 per plain-step time. b = 0 (a plain step, no drafting at all) is worth exactly 1. Drafters whose
 draft for a budget b' is the first b' nodes of their draft for any larger b (`prefix_consistent`:
 best-first trees, chains) update every smaller budget from each step too: the accepted path cut at
