@@ -1,34 +1,32 @@
-"""Where one tree pass's extra cost goes: Qwen-0.5B bf16, 300-token random context, root + 0/8/32 nodes.
+"""Where one tree pass's extra cost goes: Qwen-0.5B bf16, 300-token random context, root + n nodes.
 
 Run: python scripts/profile_tree_pass.py (needs the model: quickdraft pull qwen2.5-coder-0.5b-instruct).
-Prints median pass times (7 interleaved repeats) and torch-profiler totals per op over 5 passes.
+Prints the pass-time ratios of `quickdraft.tuning.measure` (n = 0, 8, 32; 7 interleaved repeats,
+medians) and torch-profiler totals per op over 5 passes at n = 0 and n = 32.
 """
-import torch, time, statistics
-from torch.profiler import profile, ProfilerActivity
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
 from quickdraft.engine import Engine
-from quickdraft.tuning import template_draft
-e = Engine.load('qwen2.5-coder-0.5b-instruct', torch.bfloat16)
-b = e.backend
-g = torch.Generator().manual_seed(0)
-ctx = torch.randint(0, b.vocab_size, (300,), generator=g).tolist()
-def once(n):
-    b.first_pass(ctx[:-1], ctx[-1], template_draft(0, b.vocab_size, g))
-    b.commit([])
-    d = template_draft(n, b.vocab_size, g)
-    t = time.perf_counter(); b.score(ctx[-1], d); dt = time.perf_counter() - t
-    b.commit([]); return dt
-for n in (0, 8, 32): once(n)
-T = {n: [] for n in (0, 8, 32)}
-for r in range(7):
-    for n in T: T[n].append(once(n))
-print({n: round(statistics.median(v) * 1e3, 1) for n, v in T.items()})
+from quickdraft.tuning import measure, template_draft
+
+OPS = ("aten::linear", "aten::scaled_dot_product_attention", "aten::mul", "aten::add", "aten::silu",
+       "aten::copy_", "aten::cat")
+
+engine = Engine.load("qwen2.5-coder-0.5b-instruct", torch.bfloat16)
+backend = engine.backend
+rng = torch.Generator().manual_seed(0)
+context = torch.randint(0, backend.vocab_size, (300,), generator=rng).tolist()
+res = measure(backend, context, sizes=(0, 8, 32), repeats=7, shapes=("tree",))
+print(f"plain step {res['t1_ms']:.1f} ms; pass / plain step: {res['tree']}")
 for n in (0, 32):
-    b.first_pass(ctx[:-1], ctx[-1], template_draft(0, b.vocab_size, g)); b.commit([])
+    backend.prefill(context[:-1])
+    draft = template_draft(n, backend.vocab_size, rng)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for r in range(5):
-            with torch.profiler.record_function("SCORE"):
-                b.score(ctx[-1], template_draft(n, b.vocab_size, g))
-            b.commit([])
-    ev = [x for x in prof.key_averages() if x.key in ("SCORE", "aten::mm", "aten::linear", "aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::bmm", "aten::matmul", "aten::cat", "aten::mul", "aten::add", "aten::masked_fill_", "aten::copy_", "aten::silu")]
-    print("n=", n)
-    for x in sorted(ev, key=lambda x: -x.cpu_time_total): print(f"  {x.key:50s} {x.cpu_time_total/5/1e3:8.1f} ms/pass-ish  calls {x.count}")
+        for _ in range(5):
+            with torch.profiler.record_function("pass"):
+                backend.score(context[-1], draft)
+            backend.commit([])  # drop the nodes: every pass sees the same cache
+    totals = {e.key: e.cpu_time_total / 5 / 1e3 for e in prof.key_averages()}
+    print(f"n={n}: " + ", ".join(f"{k} {totals.get(k, 0.0):.1f} ms" for k in ("pass",) + OPS))

@@ -106,6 +106,8 @@ def test_goose_context_matcher_equals_rescan():
             seq.append(rng.randrange(6))
             m.update(seq)
             assert m.match(seq) == ngram_match_reference(seq, (4, 3, 2, 1))
+            # the lookup it inherits from pld's index reads its richer entries right
+            assert m.lookup(seq, 3) == ngram_lookup_reference(seq, (4, 3, 2, 1), 3, latest=True)
 
 
 def test_goose_chain_extends_past_the_context_end():

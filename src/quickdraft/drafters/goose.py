@@ -60,15 +60,16 @@ class ContextMatcher(NgramIndex):
             e[1] += 1
             e[3] = e[3] and e[2] == nxt
 
+    def _end(self, entry: list) -> int:
+        return entry[0]
+
     def match(self, tail: Sequence[int], min_n: int = 1) -> tuple[int, int, bool] | None:
         """(n, end of the most recent occurrence, consensus) of the longest indexed suffix of tail."""
-        for n in self.sizes:
-            if n < min_n or len(tail) < n:
-                continue
-            e = self.tables[n].get(tuple(tail[len(tail) - n:]))
-            if e is not None:
-                return n, e[0], e[1] >= 2 and e[3]
-        return None
+        m = self.find(tail, min_n)
+        if m is None:
+            return None
+        n, e = m
+        return n, e[0], e[1] >= 2 and e[3]
 
     def chain(self, seq: Sequence[int], length: int, extend_min_n: int) -> tuple[list[int], tuple | None]:
         """Up to `length` continuation tokens and the match class (n, consensus) of the first match.

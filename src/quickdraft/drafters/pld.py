@@ -48,15 +48,26 @@ class NgramIndex:
         else:
             table.setdefault(key, j)
 
+    def _end(self, entry) -> int:
+        """Where the occurrence an entry stands for ends (subclasses storing more override both hooks)."""
+        return entry
+
+    def find(self, tail: Sequence[int], min_n: int = 1) -> tuple[int, object] | None:
+        """(n, entry) of the longest indexed suffix of tail with at least min_n tokens, else None."""
+        for n in self.sizes:
+            if n >= min_n and len(tail) >= n:
+                e = self.tables[n].get(tuple(tail[len(tail) - n:]))
+                if e is not None:
+                    return n, e
+        return None
+
     def lookup(self, seq: Sequence[int], num_pred: int) -> list[int]:
         """Tokens following an earlier occurrence of the longest matching suffix of seq."""
-        for n in self.sizes:
-            if len(seq) < n + 1:
-                continue
-            j = self.tables[n].get(tuple(seq[len(seq) - n:]))
-            if j is not None:
-                return list(seq[j + 1: j + 1 + num_pred])
-        return []
+        m = self.find(seq)
+        if m is None:
+            return []
+        j = self._end(m[1])
+        return list(seq[j + 1: j + 1 + num_pred])
 
 
 def ngram_lookup_reference(seq: Sequence[int], sizes: Sequence[int], num_pred: int, latest: bool = True) -> list[int]:
