@@ -25,24 +25,26 @@ def full_logits(model, ids: list[int]) -> torch.Tensor:
     return model(input_ids=torch.tensor([ids])).logits[0]  # [L, V]
 
 
-def check_tree_pass(model, prefix_len: int, n: int, seed: int, fused: bool = False) -> None:
+def check_tree_pass(model, prefix_len: int, n: int, seed: int, fused: bool = False,
+                    atol: float = 1e-4, rtol: float = 1e-4) -> None:
     """fused: the prompt goes through the same pass as the tree (the decoder's first step)."""
+    tol = dict(atol=atol, rtol=rtol)
     rng = random.Random(seed)
     prompt = [rng.randrange(VOCAB) for _ in range(prefix_len)]
     draft = random_tree(rng, n)
     backend = HFBackend(model)
     if fused:
         logits, prefix_logits = backend.first_pass(prompt[:-1], prompt[-1], draft, want_prefix_logits=True)
-        torch.testing.assert_close(prefix_logits, full_logits(model, prompt[:-1]), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(prefix_logits.float(), full_logits(model, prompt[:-1]).float(), **tol)
     else:
         backend.prefill(prompt[:-1])
         logits = backend.score(prompt[-1], draft)  # [n+1, V]
     ref_root = full_logits(model, prompt)[-1]
-    torch.testing.assert_close(logits[0], ref_root, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[0].float(), ref_root.float(), **tol)
     for i in range(n):
         path = tree.path_to(draft.parents, i)
         ids = prompt + [int(draft.tokens[j]) for j in path]
-        torch.testing.assert_close(logits[i + 1], full_logits(model, ids)[-1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(logits[i + 1].float(), full_logits(model, ids)[-1].float(), **tol)
 
 
 def test_tree_pass_matches_sequential(any_model):

@@ -128,7 +128,7 @@ def test_counterfactual_updates_for_prefix_consistent_drafters():
     assert t.arms[16].tokens == pytest.approx(prior[16][0] * t.decay + 4)
     assert [t.arms[b].tokens - prior[b][0] * t.decay for b in (12, 8, 6, 4, 2)] == pytest.approx([4, 3, 3, 3, 2])
     assert t.arms[8].cost == pytest.approx(prior[8][1] * t.decay + CURVE.cost(8))
-    assert t._neighbour(8) == 12, "exploring upwards measures the smaller budgets too"
+    assert t._neighbour(8, up=True) == 12, "exploring upwards measures the smaller budgets too"
 
 
 @pytest.mark.parametrize("method", [m for m in drafters.names() if m != "ar"])
@@ -148,3 +148,33 @@ def test_prefix_consistent_drafters_really_are(engine, method, tmp_path, monkeyp
     for b in (1, 2, 5, big.size // 2, big.size):
         small = copy.deepcopy(d).propose(seq, b)
         assert small.tokens.tolist() == big.tokens[:b].tolist() and small.parents.tolist() == big.parents[:b].tolist()
+
+
+STAIRS = CostCurve((0, 1, 2, 3, 4, 5, 6, 8, 12, 16), (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 2.1, 2.6, 3.5, 4.0), 0.1)
+
+
+def test_exploration_is_paid_from_a_small_share_of_the_time():
+    """On a staircase curve (6 nodes cost 2.1 where 5 cost 1.5) the tuner explores the expensive
+    neighbour only as often as 5% of the time pays for, and starts at an affordable budget."""
+    t = BudgetTuner(STAIRS, cap=16, start=16, prefix_consistent=True)
+    assert t.current == 5, "the start is cut to the largest budget costing at most 1.5 plain steps"
+    rng = random.Random(0)
+    extra = allowed = 0.0
+    for _ in range(400):
+        b0 = t.best()
+        b = t.choose()
+        extra += STAIRS.cost(b) - STAIRS.cost(b0)
+        allowed += 0.05 * STAIRS.cost(b0)
+        path = [i for i in range(b) if rng.random() < 0.9 ** (i + 1)]
+        path = path[:next((j for j, node in enumerate(path) if node != j), len(path))]  # a chain's prefix
+        t.update(b, b, len(path) + 1, 0.0, path=path)
+    assert 0 < extra <= allowed + 1e-9, "exploration overhead bounded by its share of the time"
+    assert extra > 0.5 * allowed, "and it does explore"
+
+
+def test_plain_steps_probe_rarely_when_passes_are_expensive():
+    steep = CostCurve((0, 1, 2, 4, 8), (1.0, 1.6, 2.2, 3.3, 5.4), 0.1)
+    t = BudgetTuner(steep, cap=8, start=8)
+    chosen = simulate(t, lambda b: [0.05] * b, 400)
+    late = chosen[100:]
+    assert 0 < sum(1 for b in late if b) <= 0.05 * len(late) / 0.6 + 2, "probes cost at most ~5% of the time"

@@ -14,6 +14,7 @@ import torch
 
 from . import drafters
 from .backend import HFBackend
+from .backend.matmul import batch_linears
 from .decoder import Decoder, Generation
 from .errors import QuickdraftError
 from .tuning import BudgetTuner, CostCurve, engine_curve
@@ -48,10 +49,13 @@ class TextStream:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, name: str = "model") -> None:
+    def __init__(self, model, tokenizer, name: str = "model", matmul: str = "auto") -> None:
+        """matmul: "auto" swaps bf16 linear layers for row-batched FBGEMM products on CPUs without a
+        native bf16 GEMM (backend/matmul.py), "fbgemm" always, "torch" never. Modifies `model`."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.batched_linears = batch_linears(model, matmul)  # layers swapped (0: stock model)
         self.backend = HFBackend(model)
         self._drafters: dict[tuple[str, tuple[str, ...]], object] = {}
         self._tuners: dict[tuple[str, tuple[str, ...]], BudgetTuner] = {}
@@ -62,11 +66,11 @@ class Engine:
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
 
     @classmethod
-    def load(cls, model: str, dtype: torch.dtype) -> "Engine":
+    def load(cls, model: str, dtype: torch.dtype, matmul: str = "auto") -> "Engine":
         from .models import load
 
         m, tok, name = load(model, dtype)
-        return cls(m, tok, name)
+        return cls(m, tok, name, matmul)
 
     # --- prompts ---------------------------------------------------------------------------
     @property
@@ -104,7 +108,7 @@ class Engine:
     def cost_curve(self) -> CostCurve:
         """How a pass's cost grows with draft nodes on this machine (measured once, cached on disk)."""
         if self._curve is None:
-            self._curve = engine_curve(self.backend, self.name)
+            self._curve = engine_curve(self.backend, self.name, variant=f"batched_linears={self.batched_linears}")
         return self._curve
 
     def tuner(self, method: str, settings: list[str] | None = None) -> BudgetTuner | None:

@@ -2,11 +2,11 @@
 
 Cost model. `measure` times one target pass over root + n draft nodes (a best-first tree, custom
 mask) against a plain step, on a fixed context, sizes interleaved, medians. `CostCurve` interpolates
-those ratios linearly (and extrapolates past the last size). `engine_curve` measures it once per
-(model, dtype, machine, torch) in about a second or two and caches it as JSON under
-`cache_dir()/verify_cost/`.
+those ratios linearly (and extrapolates past the last size). `engine_curve` measures it at every
+candidate budget once per (model, dtype, machine, torch, kernel variant), in a few seconds, and
+caches it as JSON under `cache_dir()/verify_cost/`.
 
-Acceptance model. `BudgetTuner` keeps, per candidate budget b (0, 2, 4, 8, ... up to the drafter's
+Acceptance model. `BudgetTuner` keeps, per candidate budget b (0, 1, 2, 3, ... up to the drafter's
 cap), decayed sums of tokens committed per step (bonus included) and of step cost in plain-step units,
 cost = c(nodes actually drafted) + (drafting + verifying + committing + observing time) / T1
 (the forward's own cost is the curve's). The value of b is committed / cost: tokens
@@ -17,8 +17,12 @@ the first node numbered >= b' is what b' would have given. The prefill step and 
 came back empty (nothing to propose, whatever the budget) are not counted.
 Choice. The tried budget of highest value; every `explore_every`-th step another one instead: the
 next larger candidate (prefix-consistent drafters; it measures all smaller ones too), else
-alternately the next smaller and larger; from 0, the most promising positive one. So budgets not
-chosen stay measured, and drafting comes back when it starts paying again.
+alternately the next larger and smaller; from 0, the most promising positive one. So budgets not
+chosen stay measured, and drafting comes back when it starts paying again. Exploring is paid from a
+credit of `explore_share` (5%) of each step's cost: a neighbour whose pass costs much more than the
+best budget's (a staircase in the curve, or any pass where plain steps are best) is probed only as
+often as that credit allows. The first budget is the drafter's start, cut to the largest candidate
+whose pass costs at most `start_max_cost` plain steps.
 
 Invariants: the tuner sees only counts, sizes and times, never token ids, so it cannot change
 outputs (losslessness is the verifier's). A fixed budget (`--set budget=N`) bypasses it.
@@ -43,9 +47,12 @@ import torch
 from . import tree
 from .types import Draft
 
-SIZES = (0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64)  # the bench's full curve
-QUICK_SIZES = (0, 1, 4, 8, 16, 32, 64)  # the engine's start-up curve
-CANDIDATES = (0, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # budgets the tuner chooses from
+SIZES = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)  # the bench's full curve
+# Budgets the tuner chooses from. Every one is measured at start (no interpolation between them):
+# on some CPUs the cost is a staircase (FBGEMM streams the weights once per block of 6 rows, so
+# root + 5 nodes cost 1.3 plain steps and root + 6 cost 2.0; backend/matmul.py).
+CANDIDATES = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
+QUICK_SIZES = CANDIDATES  # the engine's start-up curve
 
 
 def template_draft(n: int, vocab: int, rng: torch.Generator) -> Draft:
@@ -130,13 +137,14 @@ def machine_key() -> str:
     return f"{cpu}|{os.cpu_count()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
 
 
-def engine_curve(backend, model_id: str, context_len: int = 128, repeats: int = 3) -> CostCurve:
-    """The start-up cost curve for this backend: cached per model, dtype and machine, else measured."""
+def engine_curve(backend, model_id: str, context_len: int = 128, repeats: int = 3, variant: str = "") -> CostCurve:
+    """The start-up cost curve for this backend: cached per model, dtype, machine and kernel
+    variant (e.g. how many linear layers are row-batched), else measured."""
     from .models.store import cache_dir
 
     cfg = getattr(backend.model, "config", None)
     cfg_text = cfg.to_json_string() if hasattr(cfg, "to_json_string") else repr(cfg)
-    key = hashlib.sha256(f"{model_id}|{backend.dtype}|{machine_key()}|{cfg_text}|{context_len}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{model_id}|{backend.dtype}|{machine_key()}|{cfg_text}|{context_len}|{variant}".encode()).hexdigest()[:20]
     path = cache_dir() / "verify_cost" / f"{key}.json"
     try:
         data = json.loads(path.read_text())
@@ -150,7 +158,7 @@ def engine_curve(backend, model_id: str, context_len: int = 128, repeats: int = 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"model": model_id, "dtype": str(backend.dtype), "machine": machine_key(),
+        tmp.write_text(json.dumps({"model": model_id, "dtype": str(backend.dtype), "machine": machine_key(), "variant": variant,
                                    "context": ctx, "sizes": curve.sizes, "ratios": curve.ratios, "t1_s": curve.t1_s}))
         os.replace(tmp, path)
     except OSError:
@@ -179,7 +187,9 @@ class BudgetTuner:
     prefix_consistent: bool = False  # the drafter's draft for budget b' < b is the first b' nodes of its draft for b
     decay: float = 0.95  # per update of an arm; about 20 steps of memory
     prior_steps: float = 2.0  # weight of the prior, in steps
-    explore_every: int = 4
+    explore_every: int = 4  # at most every 4th step explores
+    explore_share: float = 0.05  # exploring costs at most this share of the time (see choose)
+    start_max_cost: float = 1.5  # the first budget is the start, cut to one whose pass costs at most this
     candidates: tuple[int, ...] = field(init=False)
     arms: dict[int, Arm] = field(init=False)
     history: list[tuple[int, int, float]] = field(init=False)  # (budget, committed, cost) per arm update
@@ -198,9 +208,11 @@ class BudgetTuner:
             self.arms[c] = Arm(self.prior_steps * tau, self.prior_steps * self.curve.cost(c), 0)
         self.arms[0] = Arm(1.0, 1.0, 1)  # a plain step: one token for one plain-step time, known exactly
         first = self.cap if self.start is None else self.start
-        self.current = max((c for c in self.candidates if c <= first), default=0)
+        self.current = max((c for c in self.candidates
+                            if c <= first and (c <= 1 or self.curve.cost(c) <= self.start_max_cost)), default=0)
         self._tick = 0
-        self._up = True
+        self._up = False  # the first non-prefix-consistent exploration goes up
+        self._credit = 0.0
         self.history = []
 
     def best(self) -> int:
@@ -211,19 +223,28 @@ class BudgetTuner:
     def choose(self) -> int:
         b = self.best()
         self._tick += 1
+        # exploration is paid from a credit of `explore_share` of each step's cost, so probing a
+        # budget that costs much more (a staircase curve, or plain steps vs an expensive pass)
+        # happens rarely and never costs more than that share of the time
+        self._credit = min(self._credit + self.explore_share * self.curve.cost(b), self.curve.cost(self.cap))
         every = self.explore_every * (2 if b == 0 else 1)  # plain steps explore half as often
         if self._tick % every == 0:
-            b = self._neighbour(b)
+            up = not self._up
+            nb = self._neighbour(b, up)
+            extra = max(0.0, self.curve.cost(nb) - self.curve.cost(b))
+            if extra <= self._credit:
+                self._credit -= extra
+                self._up = up
+                b = nb
         return b
 
-    def _neighbour(self, b: int) -> int:
+    def _neighbour(self, b: int, up: bool) -> int:
         i = self.candidates.index(b)
         if b == 0:  # from plain steps: try the most promising drafting budget again
             return max((c for c in self.candidates if c), key=lambda c: self.arms[c].value, default=0)
         if self.prefix_consistent:  # a larger budget also measures every smaller one
             return self.candidates[min(i + 1, len(self.candidates) - 1)]
-        self._up = not self._up
-        if self._up and i + 1 < len(self.candidates):
+        if up and i + 1 < len(self.candidates):
             return self.candidates[i + 1]
         if i > 1:  # never explore down to 0: its value is known
             return self.candidates[i - 1]

@@ -53,6 +53,8 @@ def memory_bandwidth(mbytes: int = 512, tries: int = 5) -> dict:
 def facts(bandwidth: bool = True) -> dict:
     import transformers
 
+    from ..backend.matmul import native_bf16_gemm
+
     out = {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
@@ -62,6 +64,7 @@ def facts(bandwidth: bool = True) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "platform": platform.platform(),
+        "native_bf16_gemm": native_bf16_gemm(),  # oneDNN bf16 (avx512_bf16 / AMX); else slow multi-row bf16
     }
     if bandwidth:
         out["memory_bandwidth"] = memory_bandwidth()

@@ -110,6 +110,13 @@ def _f(x, fmt: str = "{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
+def _kernels(mm: dict | None) -> str:
+    if not mm or not mm.get("batched_linears"):
+        return "torch's own kernels for every method"
+    return (f"the engine's methods run {mm['batched_linears']} linear layers through FBGEMM's fp16-weight GEMM "
+            f"when a pass has several rows (--matmul {mm.get('mode')}); baselines run stock transformers")
+
+
 def markdown(report: dict) -> str:
     """The tables a person reads."""
     meth = report["methods"]
@@ -126,7 +133,8 @@ def markdown(report: dict) -> str:
         f"{report['max_new_tokens']} new tokens max, greedy, {report['repeats']} repeat(s)",
         f"- Machine: {mc.get('cpu')}, {mc.get('cores')} cores ({mc.get('torch_threads')} torch threads), "
         f"{mc.get('memory_gb')} GB; torch {mc.get('torch')}, transformers {mc.get('transformers')}, "
-        f"Python {mc.get('python')}",
+        f"Python {mc.get('python')}; native bf16 GEMM: {_f(mc.get('native_bf16_gemm'), '{}')}",
+        f"- Matrix products: {_kernels(report.get('matmul'))}",
         f"- Memory bandwidth (measured): read {bw.get('read_gbps')} GB/s, copy {bw.get('copy_gbps')} GB/s; "
         f"weights read per token: {report['weight_bytes'] / 1e6:.0f} MB, so plain decoding is bounded by "
         f"{_f(report.get('limit_tokens_per_s'), '{:.1f}')} tok/s",

@@ -177,13 +177,17 @@ def run_bench(args, command: str | None = None) -> dict:
 
     transformers.logging.set_verbosity_error()  # generate()'s advice would break the progress bar
     dtype = getattr(torch, args.dtype)
-    engine = Engine.load(model_name, dtype)
+    engine = Engine.load(model_name, dtype, args.matmul)
+    # Baselines are what users would run instead: stock transformers, so when the engine swapped
+    # kernels (backend/matmul.py) they get a second, unmodified copy of the same weights.
+    stock = (Engine.load(model_name, dtype, "torch")
+             if engine.batched_linears and any(m in BASELINES for m in methods) else engine)
     wants_draft = any(needs_draft_model(m) for m in methods)
-    assistant = Engine.load(args.draft_model, dtype) if wants_draft else None
+    assistant = Engine.load(args.draft_model, dtype, "torch") if wants_draft else None
     runners = {}
     for m in methods:
         try:
-            runners[m] = make_runner(m, engine, assistant=assistant, gguf=gguf,
+            runners[m] = make_runner(m, engine, stock=stock, assistant=assistant, gguf=gguf,
                                      n_ctx=min(engine.backend.max_context, 8192))
         except QuickdraftError:
             raise
@@ -267,8 +271,13 @@ def run_bench(args, command: str | None = None) -> dict:
     notes = list(dict.fromkeys(BASELINES[m].note for m in methods if m in BASELINES and BASELINES[m].note))
     if not engine.has_chat_template:
         notes.append(f"{engine.name} has no chat template: turns are joined as raw text.")
+    if engine.batched_linears:
+        notes.append(f"The engine's methods ran {engine.batched_linears} linear layers through FBGEMM's fp16-weight "
+                     "GEMM for passes of several rows (--matmul " + args.matmul + "; this CPU's torch has no native "
+                     "bf16 GEMM); baselines ran stock transformers on an unmodified copy of the same weights.")
     report = {
         "model": engine.name, "dtype": args.dtype, "baseline": BASELINE,
+        "matmul": {"mode": args.matmul, "batched_linears": engine.batched_linears},
         "command": command or "quickdraft bench", "started": started,
         "duration_s": round(time.perf_counter() - t_start, 1),
         "data": str(data) if args.data else "Spec-Bench question.jsonl (bundled)",
@@ -296,6 +305,7 @@ def profile_verify(args) -> dict:
     import torch
 
     from ..backend import HFBackend
+    from ..backend.matmul import batch_linears
     from ..models import DEFAULT_MODEL, load
     from .verify_cost import SIZES, measure, plot, table
 
@@ -307,6 +317,7 @@ def profile_verify(args) -> dict:
     out = Path(args.out)
     _check_out(out)
     model, _, name = load(args.model or DEFAULT_MODEL, getattr(torch, args.dtype))
+    batched = batch_linears(model, args.matmul)
     backend = HFBackend(model)
     sizes = tuple(n for n in SIZES if args.context + 1 + n <= backend.max_context)
     if len(sizes) < 2:
@@ -320,6 +331,7 @@ def profile_verify(args) -> dict:
     res = measure(backend, context, sizes=sizes, repeats=repeats)
     defaults = {m: drafters.create(m, [], vocab_size=backend.vocab_size).default_budget() for m in drafters.names()}
     result = {"model": name, "dtype": args.dtype, "context": args.context, "repeats": repeats,
+              "matmul": {"mode": args.matmul, "batched_linears": batched},
               "default_nodes": {m: n for m, n in defaults.items() if n}, **res}
     print(f"{name} {args.dtype}, context {args.context}, plain step T1 = {res['t1_ms']} ms; "
           f"cost of one pass over root + n nodes / T1 (median of {repeats}):", file=sys.stderr)

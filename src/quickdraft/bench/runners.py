@@ -204,10 +204,12 @@ def needs_draft_model(method: str) -> bool:
     return method in BASELINES and BASELINES[method].needs_draft_model
 
 
-def make_runner(method: str, engine, *, assistant=None, gguf: Path | None = None, n_ctx: int = 4096):
-    """A runner for a drafter name or a baseline (callers check `unavailable` first)."""
+def make_runner(method: str, engine, *, stock=None, assistant=None, gguf: Path | None = None, n_ctx: int = 4096):
+    """A runner for a drafter name or a baseline (callers check `unavailable` first).
+
+    stock: the engine whose model baselines run (stock transformers kernels); default `engine`."""
     if method not in BASELINES:
         return EngineRunner(engine, method)
     if needs_draft_model(method) and assistant is None:
         raise QuickdraftError(f"{method} needs a draft model; pass --draft-model NAME")
-    return BASELINES[method].make(engine, assistant, gguf, n_ctx)
+    return BASELINES[method].make(stock or engine, assistant, gguf, n_ctx)
