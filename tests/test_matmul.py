@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,12 +50,15 @@ def test_one_row_is_the_stock_kernel_bit_for_bit(bias):
 
 @pytest.mark.parametrize("rows", [2, 5, 6, 7, 13, 64])
 @pytest.mark.parametrize("bias", [False, True])
-def test_several_rows_match_the_reference(rows, bias):
-    lin = bf16_linear(96, 160, bias, seed=rows)
-    fast = RowBatchedLinear(lin)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_several_rows_match_the_reference(rows, bias, workers):
+    lin = bf16_linear(96, 161, bias, seed=rows)  # 161 outputs: blocks of uneven size with 2 workers
+    pool = ThreadPoolExecutor(workers) if workers else None
+    fast = RowBatchedLinear(lin, pool)
+    assert len(fast.blocks) == workers + 1
     x = torch.randn(1, rows, 96).to(torch.bfloat16)
     y = fast(x)
-    assert y.shape == (1, rows, 160) and y.dtype == torch.bfloat16
+    assert y.shape == (1, rows, 161) and y.dtype == torch.bfloat16
     ref = reference_forward(lin, x)
     # fp32 sums rounded once to bf16: at most one bf16 step (2**-7 relative) from the fp64 sums
     torch.testing.assert_close(y.float(), ref.float(), rtol=2 ** -7, atol=1e-6)

@@ -26,6 +26,7 @@ The swap keeps the original Parameters (tied embeddings stay tied) and adds one 
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -60,28 +61,43 @@ def _quiet_fbgemm(fn, *args):
 
 
 class RowBatchedLinear(nn.Module):
-    """nn.Linear with the stock kernel for one row and FBGEMM's fp16-weight GEMM for several."""
+    """nn.Linear with the stock kernel for one row and FBGEMM's fp16-weight GEMM for several.
 
-    def __init__(self, linear: nn.Linear) -> None:
+    FBGEMM's op runs on one thread, so the weight is packed as `len(pool) + 1` blocks of output
+    features, computed at once: one block on the calling thread, the others on `pool`'s threads
+    (torch releases the GIL inside the op).
+    """
+
+    def __init__(self, linear: nn.Linear, pool: ThreadPoolExecutor | None = None, one_row_native: bool = True) -> None:
         super().__init__()
         self.weight = linear.weight  # [out, in] bf16, the same Parameter (ties kept)
         self.bias = linear.bias  # [out] or None
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.pool = pool
+        self.one_row_native = one_row_native
+        parts = 1 + (pool._max_workers if pool is not None else 0)
         w32 = self.weight.detach().float()  # [out, in]
-        self.packed = _quiet_fbgemm(torch.ops.aten.fbgemm_pack_gemm_matrix_fp16, w32)
-        self.bias32 = (torch.zeros(self.out_features) if self.bias is None
-                       else self.bias.detach().float())  # [out]
+        b32 = torch.zeros(self.out_features) if self.bias is None else self.bias.detach().float()  # [out]
+        bounds = [round(i * self.out_features / parts) for i in range(parts + 1)]
+        self.blocks = [(_quiet_fbgemm(torch.ops.aten.fbgemm_pack_gemm_matrix_fp16, w32[a:b].contiguous()),
+                        b32[a:b].contiguous()) for a, b in zip(bounds, bounds[1:]) if b > a]
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows <= 1:
+        if rows <= 1 and self.one_row_native:
             return F.linear(x, self.weight, self.bias)
         x2 = x.reshape(rows, x.shape[-1]).float()  # [rows, in]
-        y = _quiet_fbgemm(torch.ops.aten.fbgemm_linear_fp16_weight_fp32_activation, x2, self.packed, self.bias32)
+        op = torch.ops.aten.fbgemm_linear_fp16_weight_fp32_activation
+        with warnings.catch_warnings():  # torch marks these FBGEMM ops deprecated; pinned torch keeps them
+            warnings.simplefilter("ignore")
+            futures = [self.pool.submit(op, x2, w, b) for w, b in self.blocks[1:]] if self.pool else []
+            first = op(x2, *self.blocks[0])  # [rows, out_0]
+            y = torch.cat([first] + [f.result() for f in futures], dim=-1) if futures else first  # [rows, out]
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # [..., out]
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"blocks={len(self.blocks)}")
 
 
 def reference_forward(linear: nn.Module, x: Tensor) -> Tensor:
@@ -108,9 +124,11 @@ def batch_linears(model: nn.Module, mode: str = "auto") -> int:
     if dtype != torch.bfloat16:
         raise QuickdraftError(f"--matmul fbgemm is for bfloat16 models, this one is {dtype}; "
                               "use --dtype bfloat16 or --matmul torch")
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="quickdraft-gemm") if threads > 1 else None
     swapped = 0
     for name, module in list(model.named_modules()):
         if type(module) is nn.Linear and module.weight.dtype == torch.bfloat16 and fp16_exact(module.weight.detach()):
-            model.set_submodule(name, RowBatchedLinear(module))
+            model.set_submodule(name, RowBatchedLinear(module, pool))
             swapped += 1
     return swapped
