@@ -25,8 +25,12 @@ The swap keeps the original Parameters (tied embeddings stay tied) and adds one 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +58,23 @@ def fp16_exact(weight: Tensor) -> bool:
     return bool(torch.equal(weight.to(torch.float16).to(weight.dtype), weight))
 
 
+@contextlib.contextmanager
+def _silent_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: torch prints its one-time deprecation notice for the FBGEMM ops
+    (the pinned torch keeps them) from C++, past Python's warning filters."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _quiet_fbgemm(fn, *args):
-    with warnings.catch_warnings():  # torch marks these FBGEMM ops deprecated; pinned torch keeps them
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return fn(*args)
 
@@ -127,8 +146,12 @@ def batch_linears(model: nn.Module, mode: str = "auto") -> int:
     threads = torch.get_num_threads()
     pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="quickdraft-gemm") if threads > 1 else None
     swapped = 0
-    for name, module in list(model.named_modules()):
-        if type(module) is nn.Linear and module.weight.dtype == torch.bfloat16 and fp16_exact(module.weight.detach()):
-            model.set_submodule(name, RowBatchedLinear(module, pool))
-            swapped += 1
+    with _silent_stderr():  # packing and a first two-row product print torch's one-time notices
+        for name, module in list(model.named_modules()):
+            if type(module) is nn.Linear and module.weight.dtype == torch.bfloat16 and fp16_exact(module.weight.detach()):
+                new = RowBatchedLinear(module, pool)
+                model.set_submodule(name, new)
+                if not swapped:
+                    new(torch.zeros(2, new.in_features, dtype=torch.bfloat16))
+                swapped += 1
     return swapped
