@@ -98,3 +98,15 @@ def test_recycling_sizes_are_bounded(capsys):
     for setting in ("k=65", "nodes=100000", "max_depth=0"):
         code, out, err = run_cli(capsys, "generate", "w7", "--method", "recycling", "--set", setting)
         assert code == 2 and "recycling needs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_matmul_option(capsys, tiny_folder):
+    code, out, err = run_cli(capsys, "generate", "w7 w8", "--model", str(tiny_folder), "--matmul", "fast")
+    assert code == 2 and "--matmul" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(capsys, "generate", "w7 w8", "--model", str(tiny_folder), "--dtype", "float32",
+                             "--matmul", "fbgemm", "--max-new-tokens", "3")
+    assert code == 2 and "bfloat16" in err and len(err.strip().splitlines()) == 1
+    args = ["generate", "w7 w8 w9 w7 w8", "--model", str(tiny_folder), "--max-new-tokens", "8", "--json", "--raw"]
+    code, out, err = run_cli(capsys, *args, "--matmul", "fbgemm", "--method", "pld")
+    assert code == 0 and not err.strip().startswith("[W"), err  # torch's C++ deprecation notice stays silent
+    assert json.loads(out.strip().splitlines()[-1])["new_tokens"] >= 1

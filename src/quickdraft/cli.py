@@ -163,7 +163,7 @@ def cmd_generate(args) -> int:
             "token_ids": reply.generation.tokens, "new_tokens": s.new_tokens, "steps": s.steps,
             "mean_accepted": round(s.mean_accepted, 4), "tokens_per_s": round(s.tokens_per_s, 3),
             "wall_s": round(s.wall_s, 4), "prefill_s": round(s.prefill_s, 4),
-            "finish_reason": reply.generation.finish_reason,
+            "finish_reason": reply.generation.finish_reason, "batched_linears": engine.batched_linears,
         }))
     else:
         sys.stdout.write("\n")
@@ -181,7 +181,10 @@ def cmd_demo(args) -> int:
     engine = _engine(args)
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     ids = engine.encode(DEMO_PROMPT, chat=True)
-    print(f"model {engine.name}, {args.dtype}, prompt of {len(ids)} tokens, {args.max_new_tokens} new tokens, greedy")
+    kernels = (f"FBGEMM for passes of several rows in {engine.batched_linears} layers" if engine.batched_linears
+               else "torch's kernels")
+    print(f"model {engine.name}, {args.dtype} ({kernels}), prompt of {len(ids)} tokens, "
+          f"{args.max_new_tokens} new tokens, greedy")
     engine.generate_ids(ids, "ar", SamplingParams(max_new_tokens=8))  # warm-up
     results = {}
     for method in ("ar", args.method):
