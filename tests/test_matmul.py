@@ -54,7 +54,7 @@ def test_one_row_is_the_stock_kernel_bit_for_bit(bias):
 def test_several_rows_match_the_reference(rows, bias, workers):
     lin = bf16_linear(96, 161, bias, seed=rows)  # 161 outputs: blocks of uneven size with 2 workers
     pool = ThreadPoolExecutor(workers) if workers else None
-    fast = RowBatchedLinear(lin, pool)
+    fast = RowBatchedLinear(lin, pool, workers + 1)
     assert len(fast.blocks) == workers + 1
     x = torch.randn(1, rows, 96).to(torch.bfloat16)
     y = fast(x)

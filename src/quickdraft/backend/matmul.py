@@ -82,19 +82,19 @@ def _quiet_fbgemm(fn, *args):
 class RowBatchedLinear(nn.Module):
     """nn.Linear with the stock kernel for one row and FBGEMM's fp16-weight GEMM for several.
 
-    FBGEMM's op runs on one thread, so the weight is packed as `len(pool) + 1` blocks of output
-    features, computed at once: one block on the calling thread, the others on `pool`'s threads
-    (torch releases the GIL inside the op).
+    FBGEMM's op runs on one thread, so the weight is packed as `parts` blocks of output features,
+    computed at once: the first on the calling thread, the others on `pool`'s threads (torch
+    releases the GIL inside the op). parts > 1 needs a pool.
     """
 
-    def __init__(self, linear: nn.Linear, pool: ThreadPoolExecutor | None = None, one_row_native: bool = True) -> None:
+    def __init__(self, linear: nn.Linear, pool: ThreadPoolExecutor | None = None, parts: int = 1) -> None:
         super().__init__()
+        if parts > 1 and pool is None:
+            raise ValueError("RowBatchedLinear: parts > 1 needs a thread pool")
         self.weight = linear.weight  # [out, in] bf16, the same Parameter (ties kept)
         self.bias = linear.bias  # [out] or None
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.pool = pool
-        self.one_row_native = one_row_native
-        parts = 1 + (pool._max_workers if pool is not None else 0)
         w32 = self.weight.detach().float()  # [out, in]
         b32 = torch.zeros(self.out_features) if self.bias is None else self.bias.detach().float()  # [out]
         bounds = [round(i * self.out_features / parts) for i in range(parts + 1)]
@@ -103,13 +103,13 @@ class RowBatchedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows <= 1 and self.one_row_native:
+        if rows <= 1:
             return F.linear(x, self.weight, self.bias)
         x2 = x.reshape(rows, x.shape[-1]).float()  # [rows, in]
         op = torch.ops.aten.fbgemm_linear_fp16_weight_fp32_activation
         with warnings.catch_warnings():  # torch marks these FBGEMM ops deprecated; pinned torch keeps them
             warnings.simplefilter("ignore")
-            futures = [self.pool.submit(op, x2, w, b) for w, b in self.blocks[1:]] if self.pool else []
+            futures = [self.pool.submit(op, x2, w, b) for w, b in self.blocks[1:]]
             first = op(x2, *self.blocks[0])  # [rows, out_0]
             y = torch.cat([first] + [f.result() for f in futures], dim=-1) if futures else first  # [rows, out]
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # [..., out]
@@ -149,7 +149,7 @@ def batch_linears(model: nn.Module, mode: str = "auto") -> int:
     with _silent_stderr():  # packing and a first two-row product print torch's one-time notices
         for name, module in list(model.named_modules()):
             if type(module) is nn.Linear and module.weight.dtype == torch.bfloat16 and fp16_exact(module.weight.detach()):
-                new = RowBatchedLinear(module, pool)
+                new = RowBatchedLinear(module, pool, threads)
                 model.set_submodule(name, new)
                 if not swapped:
                     new(torch.zeros(2, new.in_features, dtype=torch.bfloat16))
