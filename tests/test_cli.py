@@ -101,6 +101,11 @@ def test_recycling_sizes_are_bounded(capsys):
 
 
 def test_matmul_option(capsys, tiny_folder):
+    from quickdraft.backend.matmul import MODES
+    from quickdraft.cli import build_parser
+
+    gen = build_parser()._subparsers._group_actions[0].choices["generate"]
+    assert next(a for a in gen._actions if a.dest == "matmul").choices == MODES
     code, out, err = run_cli(capsys, "generate", "w7 w8", "--model", str(tiny_folder), "--matmul", "fast")
     assert code == 2 and "--matmul" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_cli(capsys, "generate", "w7 w8", "--model", str(tiny_folder), "--dtype", "float32",

@@ -41,7 +41,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="registry name, .gguf file or local HF folder "
                    "(default: smollm2-135m-instruct)")
     p.add_argument("--dtype", default="bfloat16", help="bfloat16 (default, fastest here) or float32")
-    p.add_argument("--matmul", default="auto", choices=("auto", "fbgemm", "torch"),
+    p.add_argument("--matmul", default="auto", choices=("auto", "fbgemm", "torch"),  # = backend.matmul.MODES (no torch import here)
                    help="multi-row bf16 products: auto (FBGEMM where torch has no native bf16 GEMM, "
                    "e.g. AVX2-only CPUs), fbgemm (always) or torch (stock kernels)")
 

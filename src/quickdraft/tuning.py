@@ -50,7 +50,7 @@ from .types import Draft
 SIZES = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)  # the bench's full curve
 # Budgets the tuner chooses from. Every one is measured at start (no interpolation between them):
 # on some CPUs the cost is a staircase (FBGEMM streams the weights once per block of 6 rows, so
-# root + 5 nodes cost 1.3 plain steps and root + 6 cost 2.0; backend/matmul.py).
+# root + 5 nodes cost 1.3 plain steps and root + 6 about 1.7; backend/matmul.py).
 CANDIDATES = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
 QUICK_SIZES = CANDIDATES  # the engine's start-up curve
 

@@ -106,12 +106,10 @@ class RowBatchedLinear(nn.Module):
         if rows <= 1:
             return F.linear(x, self.weight, self.bias)
         x2 = x.reshape(rows, x.shape[-1]).float()  # [rows, in]
-        op = torch.ops.aten.fbgemm_linear_fp16_weight_fp32_activation
-        with warnings.catch_warnings():  # torch marks these FBGEMM ops deprecated; pinned torch keeps them
-            warnings.simplefilter("ignore")
-            futures = [self.pool.submit(op, x2, w, b) for w, b in self.blocks[1:]]
-            first = op(x2, *self.blocks[0])  # [rows, out_0]
-            y = torch.cat([first] + [f.result() for f in futures], dim=-1) if futures else first  # [rows, out]
+        op = torch.ops.aten.fbgemm_linear_fp16_weight_fp32_activation  # its deprecation notice: once, at load
+        futures = [self.pool.submit(op, x2, w, b) for w, b in self.blocks[1:]]
+        first = op(x2, *self.blocks[0])  # [rows, out_0]
+        y = torch.cat([first] + [f.result() for f in futures], dim=-1) if futures else first  # [rows, out]
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # [..., out]
 
     def extra_repr(self) -> str:

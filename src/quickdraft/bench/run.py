@@ -271,10 +271,6 @@ def run_bench(args, command: str | None = None) -> dict:
     notes = list(dict.fromkeys(BASELINES[m].note for m in methods if m in BASELINES and BASELINES[m].note))
     if not engine.has_chat_template:
         notes.append(f"{engine.name} has no chat template: turns are joined as raw text.")
-    if engine.batched_linears:
-        notes.append(f"The engine's methods ran {engine.batched_linears} linear layers through FBGEMM's fp16-weight "
-                     "GEMM for passes of several rows (--matmul " + args.matmul + "; this CPU's torch has no native "
-                     "bf16 GEMM); baselines ran stock transformers on an unmodified copy of the same weights.")
     report = {
         "model": engine.name, "dtype": args.dtype, "baseline": BASELINE,
         "matmul": {"mode": args.matmul, "batched_linears": engine.batched_linears},
