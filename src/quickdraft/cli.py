@@ -41,9 +41,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="registry name, .gguf file or local HF folder "
                    "(default: smollm2-135m-instruct)")
     p.add_argument("--dtype", default="bfloat16", help="bfloat16 (default, fastest here) or float32")
-    p.add_argument("--matmul", default="auto", choices=("auto", "fbgemm", "torch"),  # = backend.matmul.MODES (no torch import here)
-                   help="multi-row bf16 products: auto (FBGEMM where torch has no native bf16 GEMM, "
-                   "e.g. AVX2-only CPUs), fbgemm (always) or torch (stock kernels)")
+    p.add_argument("--matmul", default="auto", choices=("auto", "onednn", "fbgemm", "torch"),  # = backend.matmul.MODES (no torch import here)
+                   help="bf16 matrix products: auto (oneDNN prepacked weights on CPUs with a native bf16 "
+                   "GEMM, FBGEMM for several rows on the others, e.g. AVX2-only CPUs), onednn, fbgemm, "
+                   "or torch (stock kernels)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +165,7 @@ def cmd_generate(args) -> int:
             "mean_accepted": round(s.mean_accepted, 4), "tokens_per_s": round(s.tokens_per_s, 3),
             "wall_s": round(s.wall_s, 4), "prefill_s": round(s.prefill_s, 4),
             "finish_reason": reply.generation.finish_reason, "batched_linears": engine.batched_linears,
+            "matmul_kernel": engine.matmul_kernel,
         }))
     else:
         sys.stdout.write("\n")
@@ -181,8 +183,9 @@ def cmd_demo(args) -> int:
     engine = _engine(args)
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     ids = engine.encode(DEMO_PROMPT, chat=True)
-    kernels = (f"FBGEMM for passes of several rows in {engine.batched_linears} layers" if engine.batched_linears
-               else "torch's kernels")
+    kernels = {"onednn": f"oneDNN prepacked weights in {engine.batched_linears} layers",
+               "fbgemm": f"FBGEMM for passes of several rows in {engine.batched_linears} layers"}.get(
+                   engine.matmul_kernel, "torch's kernels")
     print(f"model {engine.name}, {args.dtype} ({kernels}), prompt of {len(ids)} tokens, "
           f"{args.max_new_tokens} new tokens, greedy")
     engine.generate_ids(ids, "ar", SamplingParams(max_new_tokens=8))  # warm-up

@@ -14,7 +14,7 @@ import torch
 
 from . import drafters
 from .backend import HFBackend
-from .backend.matmul import batch_linears
+from .backend.matmul import batch_linears, kernel_of
 from .decoder import Decoder, Generation
 from .errors import QuickdraftError
 from .tuning import BudgetTuner, CostCurve, engine_curve
@@ -50,12 +50,14 @@ class TextStream:
 
 class Engine:
     def __init__(self, model, tokenizer, name: str = "model", matmul: str = "auto") -> None:
-        """matmul: "auto" swaps bf16 linear layers for row-batched FBGEMM products on CPUs without a
-        native bf16 GEMM (backend/matmul.py), "fbgemm" always, "torch" never. Modifies `model`."""
+        """matmul: "auto" swaps bf16 linear layers for oneDNN prepacked products on CPUs with a
+        native bf16 GEMM and for row-batched FBGEMM products on the others (backend/matmul.py);
+        "onednn" / "fbgemm" force one, "torch" keeps the stock modules. Modifies `model`."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.batched_linears = batch_linears(model, matmul)  # layers swapped (0: stock model)
+        self.matmul_kernel = kernel_of(model)  # "onednn" | "fbgemm" | "torch"
         self.backend = HFBackend(model)
         self._drafters: dict[tuple[str, tuple[str, ...]], object] = {}
         self._tuners: dict[tuple[str, tuple[str, ...]], BudgetTuner] = {}
@@ -108,7 +110,7 @@ class Engine:
     def cost_curve(self) -> CostCurve:
         """How a pass's cost grows with draft nodes on this machine (measured once, cached on disk)."""
         if self._curve is None:
-            self._curve = engine_curve(self.backend, self.name, variant=f"batched_linears={self.batched_linears}")
+            self._curve = engine_curve(self.backend, self.name, variant=f"{self.matmul_kernel}={self.batched_linears}")
         return self._curve
 
     def tuner(self, method: str, settings: list[str] | None = None) -> BudgetTuner | None:

@@ -147,6 +147,7 @@ def run_bench(args, command: str | None = None) -> dict:
 
     from ..engine import Engine
     from ..models import DEFAULT_MODEL
+    from ..models.load import check_source
 
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     t_start = time.perf_counter()
@@ -167,6 +168,9 @@ def run_bench(args, command: str | None = None) -> dict:
     _check_out(out)
 
     model_name = args.model or DEFAULT_MODEL
+    check_source(model_name)  # bad names fail here, before any slow load
+    if any(needs_draft_model(m) for m in methods):
+        check_source(args.draft_model)
     gguf = gguf_of(model_name)
     skipped = {m: why for m in methods if (why := unavailable(m, gguf))}
     for m, reason in skipped.items():
@@ -273,7 +277,8 @@ def run_bench(args, command: str | None = None) -> dict:
         notes.append(f"{engine.name} has no chat template: turns are joined as raw text.")
     report = {
         "model": engine.name, "dtype": args.dtype, "baseline": BASELINE,
-        "matmul": {"mode": args.matmul, "batched_linears": engine.batched_linears},
+        "matmul": {"mode": args.matmul, "batched_linears": engine.batched_linears,
+                   "kernel": engine.matmul_kernel},
         "command": command or "quickdraft bench", "started": started,
         "duration_s": round(time.perf_counter() - t_start, 1),
         "data": str(data) if args.data else "Spec-Bench question.jsonl (bundled)",
@@ -301,7 +306,7 @@ def profile_verify(args) -> dict:
     import torch
 
     from ..backend import HFBackend
-    from ..backend.matmul import batch_linears
+    from ..backend.matmul import batch_linears, kernel_of
     from ..models import DEFAULT_MODEL, load
     from .verify_cost import SIZES, measure, plot, table
 
@@ -327,7 +332,7 @@ def profile_verify(args) -> dict:
     res = measure(backend, context, sizes=sizes, repeats=repeats)
     defaults = {m: drafters.create(m, [], vocab_size=backend.vocab_size).default_budget() for m in drafters.names()}
     result = {"model": name, "dtype": args.dtype, "context": args.context, "repeats": repeats,
-              "matmul": {"mode": args.matmul, "batched_linears": batched},
+              "matmul": {"mode": args.matmul, "batched_linears": batched, "kernel": kernel_of(model)},
               "default_nodes": {m: n for m, n in defaults.items() if n}, **res}
     print(f"{name} {args.dtype}, context {args.context}, plain step T1 = {res['t1_ms']} ms; "
           f"cost of one pass over root + n nodes / T1 (median of {repeats}):", file=sys.stderr)

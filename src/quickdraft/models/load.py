@@ -165,23 +165,19 @@ def _load_gguf(src: Path, key: str, dtype: torch.dtype, display: str, pull_name:
                         f"delete {out} and run again to rebuild it")
 
 
-def load(model: str, dtype: torch.dtype = torch.bfloat16) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", str]:
-    """Return (model in eval mode, tokenizer, display name) for a registry name, .gguf file or HF folder."""
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise QuickdraftError(f"unsupported dtype {dtype!r}; use torch.bfloat16, torch.float16 or torch.float32")
+def check_source(model: str) -> tuple[str, Path]:
+    """Classify a model argument without loading it: ("registry" | "gguf" | "folder", path).
+    Raises the same one-line QuickdraftError as `load` for an unknown, missing or wrong source, so
+    commands can refuse bad input before a slow load of another model."""
     if model in MODELS:
         if not is_installed(model):
             raise QuickdraftError(f"model {model} is not installed; run `quickdraft pull {model}`")
-        m, tok = _load_gguf(gguf_path(model), model, dtype, model, model)
-        return m, tok, model
+        return "registry", gguf_path(model)
     path = Path(model).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
-        m, tok = _load_gguf(path, _gguf_key(path), dtype, path.name, None)
-        return m, tok, path.stem
+        return "gguf", path
     if path.is_dir() and (path / "config.json").is_file():
-        m, tok = _load_folder(path, dtype, "model",
-                              "make sure the folder holds config.json, the weights and the tokenizer files")
-        return m, tok, path.resolve().name
+        return "folder", path
     if path.is_dir():
         raise QuickdraftError(f"folder {model} has no config.json; pass a Hugging Face model folder, "
                               "a .gguf file, or one of: " + known_names())
@@ -190,3 +186,19 @@ def load(model: str, dtype: torch.dtype = torch.bfloat16) -> tuple["PreTrainedMo
                               "folder, or one of: " + known_names())
     raise QuickdraftError(f"unknown model {model!r}: not a registry name and no such file or folder; "
                           f"use one of: {known_names()}, or a path to a .gguf file or a model folder")
+
+
+def load(model: str, dtype: torch.dtype = torch.bfloat16) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", str]:
+    """Return (model in eval mode, tokenizer, display name) for a registry name, .gguf file or HF folder."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise QuickdraftError(f"unsupported dtype {dtype!r}; use torch.bfloat16, torch.float16 or torch.float32")
+    kind, path = check_source(model)
+    if kind == "registry":
+        m, tok = _load_gguf(path, model, dtype, model, model)
+        return m, tok, model
+    if kind == "gguf":
+        m, tok = _load_gguf(path, _gguf_key(path), dtype, path.name, None)
+        return m, tok, path.stem
+    m, tok = _load_folder(path, dtype, "model",
+                          "make sure the folder holds config.json, the weights and the tokenizer files")
+    return m, tok, path.resolve().name
