@@ -135,12 +135,13 @@ def test_goose_tree_equals_reference_best_first():
         succ = lambda t, b: table.get(t, [])  # noqa: E731
         budget, depth = rng.randrange(1, 30), rng.randrange(1, 5)
         width = lambda d: max(1, 4 // d)  # noqa: E731
-        toks, pars, kinds = build(0, -1, spine, kind, succ, rates.get, budget, depth, width)
+        toks, pars, kinds, built_values = build(0, -1, spine, kind, succ, rates.get, budget, depth, width)
         assert len(toks) <= budget and all(p < i for i, p in enumerate(pars))
         values, paths = [], []
         for i, (t, p, k) in enumerate(zip(toks, pars, kinds)):
             paths.append((paths[p] if p >= 0 else ()) + (t,))
             values.append((values[p] if p >= 0 else 1.0) * rates[k])
+        assert built_values == pytest.approx(values), "a node's value: the product of its path's rates"
         assert len(set(paths)) == len(paths), "no path proposed twice"
         ref = build_reference(0, -1, spine, kind, succ, rates.get, budget, depth, width)
         assert sorted(round(v, 9) for v in values) == sorted(v for _, v in ref), f"trial {trial}"

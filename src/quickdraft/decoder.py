@@ -83,6 +83,8 @@ class Decoder:
             td = time.perf_counter()
             # The pass adds root + n nodes to the cache; keep it inside the context.
             draft = tree.truncate(drafter.propose(seq, b), max(0, min(b, ctx - len(seq) - 1))) if b else Draft.empty()
+            if tuner is not None and draft.values is not None and draft.size:
+                draft = tree.truncate(draft, tuner.trim(draft.values))  # the prefix that pays this step
             draft_s = time.perf_counter() - td
             if stats.steps == 0:  # the prompt goes through the model with the first draft
                 logits, prefix_logits = self.backend.first_pass(

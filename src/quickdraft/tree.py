@@ -103,4 +103,5 @@ def truncate(draft: Draft, budget: int) -> Draft:
     if draft.size <= budget:
         return draft
     q = None if draft.q is None else draft.q[:budget]
-    return Draft(draft.tokens[:budget], draft.parents[:budget], q, draft.replacement)
+    values = None if draft.values is None else draft.values[:budget]
+    return Draft(draft.tokens[:budget], draft.parents[:budget], q, draft.replacement, values)

@@ -23,10 +23,15 @@ credit of `explore_share` (5%) of each step's cost: a neighbour whose pass costs
 best budget's (a staircase in the curve, or any pass where plain steps are best) is probed only as
 often as that credit allows. The first budget is the drafter's start, cut to the largest candidate
 whose pass costs at most `start_max_cost` plain steps.
+Per-step cut. A drafter that says how likely each node is to be accepted (`Draft.values`, goose's
+path products of online-measured rates) gets its draft cut to the prefix that maximises expected
+tokens per time this step (`trim`): the budget follows the drafter over many steps, the cut
+follows the text of this one (a question with nothing to copy goes plain from its first steps,
+without waiting for decayed averages to forget the previous question).
 
 Invariants: the tuner sees only counts, sizes and times, never token ids, so it cannot change
 outputs (losslessness is the verifier's). A fixed budget (`--set budget=N`) bypasses it.
-`best_budget_reference` is the slow obvious choice (recompute every value from the full history)
+`best_budget_reference` and `trim_reference` are the slow obvious choices (recompute every value from the full history)
 kept beside the decayed fast path and tested against it.
 """
 
@@ -43,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+from torch import Tensor
 
 from . import tree
 from .types import Draft
@@ -250,6 +256,17 @@ class BudgetTuner:
             return self.candidates[i - 1]
         return self.candidates[min(i + 1, len(self.candidates) - 1)]
 
+    def trim(self, values: Tensor) -> int:
+        """How many nodes of this step's draft to score, given the drafter's estimate values [n] of
+        each node's probability of being accepted (a topological prefix is a tree): the k = 0..n
+        maximising expected committed tokens per time, (1 + sum(values[:k])) / cost(k); on a tie
+        the smaller k. The budget sets how much is drafted, this how much of it pays this step:
+        a draft of unlikely nodes becomes a plain step, a confident spine is kept whole."""
+        n = values.numel()
+        gain = 1.0 + torch.cat([torch.zeros(1, dtype=torch.float64), values.double().cumsum(0)])  # [n+1]
+        cost = torch.tensor([self.curve.cost(k) for k in range(n + 1)], dtype=torch.float64)  # [n+1]
+        return int(torch.argmax(gain / cost))  # the first maximum: the smaller k
+
     def step_cost(self, drafted: int, draft_s: float) -> float:
         return self.curve.cost(drafted) + draft_s / self.curve.t1_s
 
@@ -275,6 +292,16 @@ class BudgetTuner:
         a.cost = a.cost * self.decay + cost
         a.steps += 1
         self.history.append((b, committed, cost))
+
+
+def trim_reference(curve: CostCurve, values: Sequence[float]) -> int:
+    """Slow reference for BudgetTuner.trim: try every prefix, keep the first best."""
+    best_k, best = 0, 1.0 / curve.cost(0)
+    for k in range(1, len(values) + 1):
+        rate = (1.0 + sum(values[:k])) / curve.cost(k)
+        if rate > best:
+            best_k, best = k, rate
+    return best_k
 
 
 def best_budget_reference(tuner: BudgetTuner) -> int:

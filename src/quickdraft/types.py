@@ -48,12 +48,16 @@ class Draft:
              the verifier conditions it itself); None = deterministic proposals.
     replacement: siblings were drawn i.i.d. (True, SpecInfer rule) or without replacement
              (False, RSD rule). Ignored when q is None.
+    values:  [n] float, the drafter's estimate of the probability that node i is accepted (its
+             whole path is), from acceptance rates it measured online; None = no estimate. With
+             values, the self-tuner may cut the draft to the prefix that pays best this step.
     """
 
     tokens: Tensor
     parents: Tensor
     q: Tensor | None = None
     replacement: bool = True
+    values: Tensor | None = None
 
     @property
     def size(self) -> int:

@@ -113,8 +113,8 @@ Successors = Callable[[int, int], list[tuple[int, tuple]]]
 
 def build(root: int, prev: int, spine: list[int], spine_kind: tuple | None, successors: Successors,
           rate: Callable[[tuple], float], budget: int, max_depth: int, width: Callable[[int], int]
-          ) -> tuple[list[int], list[int], list[tuple]]:
-    """Best-first tree: (tokens, parents, kinds) of the `budget` most valuable nodes.
+          ) -> tuple[list[int], list[int], list[tuple], list[float]]:
+    """Best-first tree: (tokens, parents, kinds, values) of the `budget` most valuable nodes.
 
     Spine node i (depth i + 1) hangs under spine node i - 1 (the root for i = 0). Every emitted node
     offers its table successors (all but the next spine token) up to width(depth) of them and
@@ -125,6 +125,7 @@ def build(root: int, prev: int, spine: list[int], spine_kind: tuple | None, succ
     tokens: list[int] = []
     parents: list[int] = []
     kinds: list[tuple] = []
+    values: list[float] = []
 
     def offer(node: int, tok: int, before: int, depth: int, value: float, skip: int) -> None:
         if depth >= max_depth:
@@ -147,11 +148,12 @@ def build(root: int, prev: int, spine: list[int], spine_kind: tuple | None, succ
         tokens.append(tok)
         parents.append(parent)
         kinds.append(kind)
+        values.append(-negv)
         nxt = spine[si + 1] if 0 <= si < len(spine) - 1 else -1
         if nxt >= 0:
             heapq.heappush(heap, (negv * rate(spine_kind), next(counter), me, nxt, spine_kind, depth + 1, si + 1, tok))
         offer(me, tok, before, depth, -negv, nxt)
-    return tokens, parents, kinds
+    return tokens, parents, kinds, values
 
 
 def build_reference(root: int, prev: int, spine: list[int], spine_kind: tuple | None, successors: Successors,
@@ -321,10 +323,12 @@ class Goose(BaseDrafter):
         spine, kind = self.matcher.chain(seq, n, self.config.extend_min_ngram)
         prev = int(seq[-2]) if len(seq) >= 2 else -1
         k = self.k
-        tokens, parents, kinds = build(int(seq[-1]), prev, spine, ("s",) + kind if kind else None, self.successors,
-                                       self.rate, n, self.config.max_depth, lambda d: max(1, k // d))
+        tokens, parents, kinds, values = build(int(seq[-1]), prev, spine, ("s",) + kind if kind else None,
+                                               self.successors, self.rate, n, self.config.max_depth,
+                                               lambda d: max(1, k // d))
         self._kinds = kinds
-        return Draft(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long))
+        return Draft(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long),
+                     values=torch.tensor(values, dtype=torch.float64))  # [n] path products of rates
 
     def observe(self, root: int, draft: Draft, logits: Tensor, verdict: Verdict) -> None:
         before_root = self.hist[-2] if len(self.hist) >= 2 else -1
