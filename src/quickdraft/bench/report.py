@@ -82,6 +82,9 @@ def _stats(method: str, baseline: str, units: list[dict[str, list[dict]]], limit
     budgets = [b for rs in mine for r in rs for b in (r.get("budgets") or [])]
     out["budget_median"] = statistics.median(budgets) if budgets else None  # per step, self-tuned or fixed
     out["plain_share"] = round(sum(b == 0 for b in budgets) / len(budgets), 4) if budgets else None
+    drafted = [d for rs in mine for r in rs for d in (r.get("drafted") or [])]  # records before drafted: none
+    out["drafted_median"] = statistics.median(drafted) if drafted else None  # nodes scored per step
+    out["plain_step_share"] = round(sum(d == 0 for d in drafted) / len(drafted), 4) if drafted else None
     return out
 
 
@@ -171,12 +174,19 @@ def markdown(report: dict) -> str:
     if tuned:
         lines += ["", "## Draft budget per step", "",
                   "Median tree budget per step (nodes) chosen by the self-tuner (or fixed with `--set budget=N`), "
-                  "and in brackets the share of steps it made plain (budget 0).", "",
+                  "and in brackets the share of steps it made plain (budget 0). Where records say how many nodes "
+                  "were scored (after the per-step cut of drafts with acceptance estimates, and for drafters that "
+                  "had less to offer), *budget / scored* and the share of steps that scored none.", "",
                   "| category | " + " | ".join(tuned) + " |", "|---" * (len(tuned) + 1) + "|"]
+
+        def cell(st: dict) -> str:
+            if st.get("drafted_median") is None:
+                return f"{_f(st.get('budget_median'), '{:g}')} ({_f(st.get('plain_share'), '{:.0%}')})"
+            return (f"{_f(st.get('budget_median'), '{:g}')} / {_f(st.get('drafted_median'), '{:g}')} "
+                    f"({_f(st.get('plain_step_share'), '{:.0%}')})")
+
         for g in [*report["categories"], OVERALL]:
-            lines.append(f"| {g} | " + " | ".join(
-                f"{_f(meth[m][g].get('budget_median'), '{:g}')} ({_f(meth[m][g].get('plain_share'), '{:.0%}')})"
-                for m in tuned) + " |")
+            lines.append(f"| {g} | " + " | ".join(cell(meth[m][g]) for m in tuned) + " |")
     if report.get("divergence"):
         lines += ["", f"## Where greedy outputs differ from {base}", "",
                   f"For each question whose output differs: the first differing turn whose prompt is still {base}'s, "

@@ -238,7 +238,7 @@ def run_bench(args, command: str | None = None) -> dict:
                         bar.set_postfix_str(f"q{q.question_id} t{turn + 1} {m}", refresh=False)
                         rec = dict(question_id=q.question_id, category=q.category, turn=turn, repeat=repeat,
                                    method=m, prompt_tokens=None, token_ids=[], new_tokens=0, steps=None,
-                                   wall_s=None, accepted_lengths=None, budgets=None, error=None)
+                                   wall_s=None, accepted_lengths=None, budgets=None, drafted=None, error=None)
                         if m in failed:
                             rec["error"] = f"{rep.SKIPPED} an earlier turn failed ({failed[m]})"
                         else:
@@ -252,7 +252,7 @@ def run_bench(args, command: str | None = None) -> dict:
                                 convs[m].answer(res.tokens)
                                 rec.update(token_ids=res.tokens, new_tokens=len(res.tokens), steps=res.steps,
                                            wall_s=round(res.wall_s, 6), accepted_lengths=res.accepted,
-                                           budgets=res.budgets)
+                                           budgets=res.budgets, drafted=res.drafted)
                             except KeyboardInterrupt:
                                 raise
                             except Exception as e:

@@ -36,6 +36,7 @@ class Result:
     steps: int | None = None
     accepted: list[int] | None = None  # tokens committed per step, where known
     budgets: list[int] | None = None  # the draft budget of each step (the engine's drafters)
+    drafted: list[int] | None = None  # nodes scored each step (the budget's draft after the per-step cut)
 
 
 def cut_at_eos(tokens: list[int], eos_ids: set[int], max_new: int) -> list[int]:
@@ -64,7 +65,7 @@ class EngineRunner:
         g = self.engine.generate_ids(ids, self.method, params, settings=self.settings).generation
         wall = time.perf_counter() - t
         return Result(cut_at_eos(g.tokens, set(self.engine.eos_ids), max_new), wall, g.stats.steps,
-                      list(g.stats.accepted_lengths), list(g.stats.budgets))
+                      list(g.stats.accepted_lengths), list(g.stats.budgets), list(g.stats.drafted))
 
 
 class HFRunner:
