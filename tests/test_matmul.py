@@ -164,7 +164,32 @@ def test_drafters_lossless_on_a_batched_bf16_model():
             assert diverges_only_at_a_near_tie(model, prompt, ref, out), f"{name} budget {budget}"
 
 
+def onednn_same_bits() -> bool:
+    """Does oneDNN's prepacked kernel give F.linear's bits on this CPU (Zen 4 with avx512_bf16:
+    yes)? Where it does not, the engine keeps torch's kernel and the tests that need it skip."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96, bias=True).to(torch.bfloat16)
+    return same_bits(lin, PrepackedLinear(lin))
+
+
+needs_same_bits = pytest.mark.skipif(not (matmul.native_bf16_gemm() and onednn_same_bits()),
+                                     reason="no oneDNN prepacked kernel with F.linear's bits on this CPU")
+
+
 @needs_onednn
+@pytest.mark.parametrize("bias", [False, True])
+def test_prepacked_matches_the_reference(bias):
+    torch.manual_seed(1)
+    lin = nn.Linear(96, 161, bias=bias).to(torch.bfloat16)
+    fast = PrepackedLinear(lin)
+    for shape in [(1, 96), (1, 1, 96), (1, 13, 96), (96,)]:
+        x = torch.randn(shape).to(torch.bfloat16)
+        y = fast(x)
+        assert y.shape == shape[:-1] + (161,) and y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), reference_forward(lin, x).float(), rtol=2 ** -7, atol=1e-6)
+
+
+@needs_same_bits
 @pytest.mark.parametrize("bias", [False, True])
 def test_prepacked_is_the_stock_kernel_bit_for_bit(bias):
     torch.manual_seed(1)
@@ -173,9 +198,18 @@ def test_prepacked_is_the_stock_kernel_bit_for_bit(bias):
     assert same_bits(lin, fast, rows=(1, 2, 7, 16, 64))
     for shape in [(1, 96), (1, 1, 96), (1, 13, 96), (96,)]:
         x = torch.randn(shape).to(torch.bfloat16)
-        y = fast(x)
-        assert y.shape == shape[:-1] + (161,) and torch.equal(y, F.linear(x, lin.weight, lin.bias))
-        torch.testing.assert_close(y.float(), reference_forward(lin, x).float(), rtol=2 ** -7, atol=1e-6)
+        assert torch.equal(fast(x), F.linear(x, lin.weight, lin.bias))
+
+
+@needs_onednn
+def test_a_shape_whose_bits_differ_keeps_the_stock_module(monkeypatch):
+    model = tiny_model("llama").to(torch.bfloat16)
+    lm_head_shape = (model.lm_head.in_features, model.lm_head.out_features)
+    monkeypatch.setattr(matmul, "same_bits",
+                        lambda stock, new, rows=(1, 5): (stock.in_features, stock.out_features) != lm_head_shape)
+    n = batch_linears(model, "onednn")
+    assert type(model.lm_head) is nn.Linear
+    assert n == sum(isinstance(m, PrepackedLinear) for m in model.modules()) > 0
 
 
 def test_same_bits_rejects_a_different_kernel():
@@ -196,7 +230,7 @@ def test_same_bits_rejects_a_different_kernel():
     assert not same_bits(lin, Wrong())
 
 
-@needs_onednn
+@needs_same_bits
 def test_prepacked_swap_keeps_ties_and_the_tree_pass_exact():
     model = tiny_model("qwen2").to(torch.bfloat16)
     model.config.tie_word_embeddings = True
@@ -208,7 +242,7 @@ def test_prepacked_swap_keeps_ties_and_the_tree_pass_exact():
     check_tree_pass(model, prefix_len=9, n=12, seed=3, atol=0.15, rtol=0.05)
 
 
-@needs_onednn
+@needs_same_bits
 def test_drafters_lossless_on_a_prepacked_bf16_model():
     """Every drafter's greedy output equals ar's on the same prepacked bf16 engine, or first differs
     from it at a near-tie of ar's logits (attention over a tree rounds differently in bf16)."""
