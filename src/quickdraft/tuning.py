@@ -31,8 +31,8 @@ without waiting for decayed averages to forget the previous question).
 
 Invariants: the tuner sees only counts, sizes and times, never token ids, so it cannot change
 outputs (losslessness is the verifier's). A fixed budget (`--set budget=N`) bypasses it.
-`best_budget_reference` and `trim_reference` are the slow obvious choices (recompute every value from the full history)
-kept beside the decayed fast path and tested against it.
+`best_budget_reference` (recompute every value from the full history) and `trim_reference` (try
+every prefix) are the slow obvious choices kept beside the fast paths and tested against them.
 """
 
 from __future__ import annotations

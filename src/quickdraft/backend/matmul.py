@@ -11,8 +11,9 @@ for bit `F.linear`'s, and each row's output does not depend on the other rows of
 `same_bits` checks both once per layer shape at load and keeps the stock module where either
 fails, so swapping it changes no token.
 
-`RowBatchedLinear` (CPUs without one). a tree pass multiplies every weight matrix by root + n rows. On CPUs with avx512_bf16 or AMX,
-oneDNN streams each weight once for all rows, so a pass over 8 nodes costs about one plain step.
+`RowBatchedLinear` (CPUs without one). A tree pass multiplies every weight matrix by root + n
+rows. With avx512_bf16 or AMX, oneDNN streams each weight once for all rows, so a pass over 8
+nodes costs little more than one plain step.
 On CPUs without them (AVX2 only, e.g. AMD Zen 3) torch falls back to a kernel whose cost grows
 linearly with the rows: measured on Qwen-0.5B, root + 4 nodes cost 3.3 plain steps, so no draft
 can pay. FBGEMM (built into torch's CPU wheels) has an AVX2 GEMM for fp16 weights and fp32
