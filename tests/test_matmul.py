@@ -176,13 +176,20 @@ needs_same_bits = pytest.mark.skipif(not (matmul.native_bf16_gemm() and onednn_s
                                      reason="no oneDNN prepacked kernel with F.linear's bits on this CPU")
 
 
+SHAPES = [(1, 96), (1, 1, 96), (1, 13, 96), (96,)]  # inputs to a 96 -> 161 layer
+
+
+def prepacked_layer(bias: bool) -> tuple[nn.Linear, PrepackedLinear]:
+    torch.manual_seed(1)
+    lin = nn.Linear(96, 161, bias=bias).to(torch.bfloat16)
+    return lin, PrepackedLinear(lin)
+
+
 @needs_onednn
 @pytest.mark.parametrize("bias", [False, True])
 def test_prepacked_matches_the_reference(bias):
-    torch.manual_seed(1)
-    lin = nn.Linear(96, 161, bias=bias).to(torch.bfloat16)
-    fast = PrepackedLinear(lin)
-    for shape in [(1, 96), (1, 1, 96), (1, 13, 96), (96,)]:
+    lin, fast = prepacked_layer(bias)
+    for shape in SHAPES:
         x = torch.randn(shape).to(torch.bfloat16)
         y = fast(x)
         assert y.shape == shape[:-1] + (161,) and y.dtype == torch.bfloat16
@@ -192,11 +199,9 @@ def test_prepacked_matches_the_reference(bias):
 @needs_same_bits
 @pytest.mark.parametrize("bias", [False, True])
 def test_prepacked_is_the_stock_kernel_bit_for_bit(bias):
-    torch.manual_seed(1)
-    lin = nn.Linear(96, 161, bias=bias).to(torch.bfloat16)
-    fast = PrepackedLinear(lin)
+    lin, fast = prepacked_layer(bias)
     assert same_bits(lin, fast, rows=(1, 2, 7, 16, 64))
-    for shape in [(1, 96), (1, 1, 96), (1, 13, 96), (96,)]:
+    for shape in SHAPES:
         x = torch.randn(shape).to(torch.bfloat16)
         assert torch.equal(fast(x), F.linear(x, lin.weight, lin.bias))
 

@@ -82,9 +82,11 @@ class Decoder:
             b = tuner.choose() if tuner is not None else budget
             td = time.perf_counter()
             # The pass adds root + n nodes to the cache; keep it inside the context.
-            draft = tree.truncate(drafter.propose(seq, b), max(0, min(b, ctx - len(seq) - 1))) if b else Draft.empty()
+            draft = drafter.propose(seq, b) if b else Draft.empty()
+            keep = max(0, min(b, ctx - len(seq) - 1))
             if tuner is not None and draft.values is not None and draft.size:
-                draft = tree.truncate(draft, tuner.trim(draft.values))  # the prefix that pays this step
+                keep = tuner.trim(draft.values[:keep])  # the prefix that pays this step
+            draft = tree.truncate(draft, keep)
             draft_s = time.perf_counter() - td
             if stats.steps == 0:  # the prompt goes through the model with the first draft
                 logits, prefix_logits = self.backend.first_pass(

@@ -220,6 +220,7 @@ class BudgetTuner:
         self._up = False  # the first non-prefix-consistent exploration goes up
         self._credit = 0.0
         self.history = []
+        self._costs = torch.ones(1, dtype=torch.float64)  # [k+1]: curve.cost(0..k), grown by trim as needed
 
     def best(self) -> int:
         if not any(a.steps for c, a in self.arms.items() if c):
@@ -263,9 +264,10 @@ class BudgetTuner:
         the smaller k. The budget sets how much is drafted, this how much of it pays this step:
         a draft of unlikely nodes becomes a plain step, a confident spine is kept whole."""
         n = values.numel()
+        if self._costs.numel() <= n:  # once per new largest draft, not every step
+            self._costs = torch.tensor([self.curve.cost(k) for k in range(n + 1)], dtype=torch.float64)
         gain = 1.0 + torch.cat([torch.zeros(1, dtype=torch.float64), values.double().cumsum(0)])  # [n+1]
-        cost = torch.tensor([self.curve.cost(k) for k in range(n + 1)], dtype=torch.float64)  # [n+1]
-        return int(torch.argmax(gain / cost))  # the first maximum: the smaller k
+        return int(torch.argmax(gain / self._costs[: n + 1]))  # the first maximum: the smaller k
 
     def step_cost(self, drafted: int, draft_s: float) -> float:
         return self.curve.cost(drafted) + draft_s / self.curve.t1_s
