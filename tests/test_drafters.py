@@ -160,8 +160,8 @@ def test_goose_learns_rates_and_table():
     logits = torch.zeros(draft.size + 1, 16)
     logits[:, 9] = 5.0  # everywhere (also at the root: 2 after 1) the target prefers 9
     d.observe(2, draft, logits, Verdict([0, 1], [3, 1, 7]))
-    assert d.counts[spine_kind] == pytest.approx([3.0, 2.0], abs=0.05), "three spine nodes reached, two accepted"
+    assert d.rates.counts[spine_kind] == pytest.approx([3.0, 2.0], abs=0.05), "three spine nodes reached, two accepted"
     assert d.successors(2, 1)[0] == (9, ("b", 4)), "bigram tier first"
     assert d.successors(2, 5)[0] == (9, ("u", 4)), "unigram row for an unseen previous token"
-    c = d.counts[spine_kind]
+    c = d.rates.counts[spine_kind]
     assert d.rate(spine_kind) == pytest.approx((c[1] + 4 * d.prior(spine_kind)) / (c[0] + 4))

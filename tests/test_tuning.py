@@ -191,23 +191,3 @@ def test_trim_keeps_the_prefix_that_pays_and_matches_the_reference():
     assert t.trim(torch.tensor([0.95 ** i for i in range(1, 33)])) == 32, "a confident spine is kept whole"
     # (1 + 0.3) / 1.12 beats 1.0; each further node adds less than its share of the cost
     assert t.trim(torch.tensor([0.3, 0.01, 0.01, 0.01, 0.01, 0.01])) == 1
-
-
-def test_goose_drafts_are_cut_per_step_by_their_values(engine, tmp_path, monkeypatch):
-    """goose gives values; on a curve where any draft costs 3 plain steps, a step keeps only drafts
-    it expects to commit more than 3 tokens with, and the output is unchanged."""
-    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
-    prompt = "w7 w8 w9 w7 w8 w9 w7 w8"
-    params = SamplingParams(max_new_tokens=30)
-    ar = engine.generate(prompt, "ar", params).generation
-    d = engine.drafter("goose")
-    d.start(engine.encode(prompt))
-    draft = d.propose(engine.encode(prompt), 8)
-    assert draft.values is not None and draft.values.shape == (draft.size,)
-    assert all(0 < v <= 1 for v in draft.values.tolist())
-    steep = CostCurve((0, 1, 64), (1.0, 3.0, 4.0), 0.04)
-    monkeypatch.setattr(engine, "_curve", steep)
-    engine.reset_drafters()
-    out = engine.generate(prompt, "goose", params).generation
-    assert out.tokens == ar.tokens
-    assert any(d < b for d, b in zip(out.stats.drafted, out.stats.budgets)), "some drafts were cut"

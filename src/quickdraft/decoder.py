@@ -84,8 +84,8 @@ class Decoder:
             # The pass adds root + n nodes to the cache; keep it inside the context.
             draft = drafter.propose(seq, b) if b else Draft.empty()
             keep = max(0, min(b, ctx - len(seq) - 1))
-            if tuner is not None and draft.values is not None and draft.size:
-                keep = tuner.trim(draft.values[:keep])  # the prefix that pays this step
+            if tuner is not None and draft.values is not None and draft.size and not tuner.exploring:
+                keep = tuner.trim(draft.values[:keep])  # the prefix that pays this step (probes are not cut)
             draft = tree.truncate(draft, keep)
             draft_s = time.perf_counter() - td
             if stats.steps == 0:  # the prompt goes through the model with the first draft

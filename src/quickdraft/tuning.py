@@ -23,11 +23,14 @@ credit of `explore_share` (5%) of each step's cost: a neighbour whose pass costs
 best budget's (a staircase in the curve, or any pass where plain steps are best) is probed only as
 often as that credit allows. The first budget is the drafter's start, cut to the largest candidate
 whose pass costs at most `start_max_cost` plain steps.
-Per-step cut. A drafter that says how likely each node is to be accepted (`Draft.values`, goose's
-path products of online-measured rates) gets its draft cut to the prefix that maximises expected
-tokens per time this step (`trim`): the budget follows the drafter over many steps, the cut
-follows the text of this one (a question with nothing to copy goes plain from its first steps,
-without waiting for decayed averages to forget the previous question).
+Per-step cut. A drafter that says how likely each node is to be accepted (`Draft.values`: path
+products of online-measured rates per node kind, drafters/rates.py; goose, pld, recycling and aded
+give them) gets its draft cut to the prefix that maximises expected tokens per time this step
+(`trim`): the budget follows the drafter over many steps, the cut follows the text of this one (a
+question with nothing to copy goes plain from its first steps, without waiting for decayed averages
+to forget the previous question). Exploring steps are not cut, so node kinds the cut would drop
+keep being scored and their rates stay measured. lookahead gives no values: its window nodes pay
+later, in the n-grams they collect, which a cut by this step's acceptance would starve.
 
 Invariants: the tuner sees only counts, sizes and times, never token ids, so it cannot change
 outputs (losslessness is the verifier's). A fixed budget (`--set budget=N`) bypasses it.
@@ -219,6 +222,7 @@ class BudgetTuner:
         self._tick = 0
         self._up = False  # the first non-prefix-consistent exploration goes up
         self._credit = 0.0
+        self.exploring = False  # the last choose() probed a budget other than the best
         self.history = []
         self._costs = torch.ones(1, dtype=torch.float64)  # [k+1]: curve.cost(0..k), grown by trim as needed
 
@@ -228,7 +232,7 @@ class BudgetTuner:
         return max(self.arms, key=lambda c: (self.arms[c].value, -c))
 
     def choose(self) -> int:
-        b = self.best()
+        b = best = self.best()
         self._tick += 1
         # exploration is paid from a credit of `explore_share` of each step's cost, so probing a
         # budget that costs much more (a staircase curve, or plain steps vs an expensive pass)
@@ -243,6 +247,7 @@ class BudgetTuner:
                 self._credit -= extra
                 self._up = up
                 b = nb
+        self.exploring = b != best
         return b
 
     def _neighbour(self, b: int, up: bool) -> int:

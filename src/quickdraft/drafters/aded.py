@@ -25,6 +25,10 @@ a child never beats its parent, the chosen set is a prefix-closed tree, and the 
 topological; nodes are returned in pop order, so any topological prefix (tree.truncate) is the best
 tree of that smaller size. `best_first_reference` enumerates every path and is tested against it.
 
+Values: a node's kind is (min(depth, 4), bin of its table probability P given its parent); the
+kind's acceptance rate starts at the bin's middle and is learnt online (rates.NodeRates), so
+`Draft.values` tells the self-tuner how much of this step's tree pays.
+
 Invariants: the drafter only reads committed tokens; proposals are deterministic (q = None), so the
 verifier alone decides the output (greedy equals plain decoding; sampled equals ar for a seed).
 Drafted tokens are always ids the model has (corpus ids >= vocab_size are dropped).
@@ -44,9 +48,10 @@ import numpy as np
 import torch
 
 from ..errors import QuickdraftError
-from ..types import Draft
+from ..types import Draft, Verdict
 from . import register
 from .base import BaseDrafter
+from .rates import NodeRates, bin_prior, depths, score_bin
 
 Key = tuple[int, ...]  # (t_{i-2}, t_{i-1}) for tri-grams, (t_{i-1},) for bigrams
 Successors = list[tuple[float, int]]  # [(P, token)] sorted by P descending, then token ascending
@@ -303,6 +308,8 @@ class ADED(BaseDrafter):
                 raise QuickdraftError(f"aded corpus {config.corpus} has no run of 3 tokens; give it more text")
         self.tri = NgramTable(3, config.top_k, config.unseen, tri_corpus, config.corpus_weight)
         self.bi = NgramTable(2, config.top_k, config.unseen, bi_corpus, config.corpus_weight)
+        self.rates = NodeRates(lambda kind: bin_prior(kind[1], 0.8))  # kind: (depth <= 4, P bin)
+        self._kinds: list[tuple[int, int]] = []  # kinds of the last proposal's nodes
 
     def default_budget(self) -> int:
         return self.config.max_nodes
@@ -332,7 +339,16 @@ class ADED(BaseDrafter):
         if budget <= 0:
             return Draft.empty()
         prev = int(seq[-2]) if len(seq) >= 2 else None
-        tokens, parents, _ = best_first(self.successors, prev, int(seq[-1]), budget, c.max_depth)
+        tokens, parents, probs = best_first(self.successors, prev, int(seq[-1]), budget, c.max_depth)
+        self._kinds = []
         if not tokens:
             return Draft.empty()
-        return Draft(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long))  # [n], [n]
+        cond = [pr / (probs[p] if p >= 0 else 1.0) for pr, p in zip(probs, parents)]  # P given the parent
+        self._kinds = [(min(d, 4), score_bin(q)) for d, q in zip(depths(parents), cond)]
+        return Draft(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long),  # [n], [n]
+                     values=self.rates.values(self._kinds, parents))  # [n] float64
+
+    def observe(self, root: int, draft: Draft, logits, verdict: Verdict) -> None:
+        if self._kinds and draft.size:
+            self.rates.observe(self._kinds, draft.parents.tolist(), verdict.path)
+        self._kinds = []

@@ -15,7 +15,7 @@ consensus), table successors by (tier, score bin). The `budget` most valuable no
 parents before children (so any prefix is a tree). The spine's share of the budget therefore follows
 its measured acceptance, like the paper's EMA-driven split, but chosen to maximise expected accepted
 tokens; the budget itself comes from the engine's self-tuner (tuning.py).
-Rates: decayed counts per kind of (reached, accepted), with a prior; a node is reached when its
+Rates: `rates.NodeRates`, decayed counts per kind of (reached, accepted), with a prior; a node is reached when its
 parent is the root or on the accepted path, accepted when it is on the path. Greedy or sampled, the
 drafts are deterministic, so the verifier's point-mass rule keeps the output exact.
 `build_reference` (every candidate to the depth limits, then the top values) is the slow obvious
@@ -37,13 +37,7 @@ from ..types import Draft, Verdict
 from . import register
 from .base import BaseDrafter
 from .pld import NgramIndex
-
-SCORE_BINS = (0.1, 0.25, 0.5, 0.8)  # table successors' softmax score -> bin 0..4
-
-
-def score_bin(p: float) -> int:
-    return sum(p >= b for b in SCORE_BINS)
-
+from .rates import NodeRates, bin_prior, score_bin  # table successors' softmax score -> bin 0..4
 
 class ContextMatcher(NgramIndex):
     """pld's incremental index, each n-gram -> [last end, occurrences, next token, all followed by it]."""
@@ -228,7 +222,7 @@ class Goose(BaseDrafter):
         self.uni_p = torch.zeros(vocab_size, self.k)  # [V, k] softmax over the stored top-k logits
         self.bi: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
         self.matcher = ContextMatcher(config.ngram_sizes)
-        self.counts: dict[tuple, list[float]] = {}  # kind -> [reached, accepted] (decayed)
+        self.rates = NodeRates(self.prior, self.PRIOR_WEIGHT, config.rate_decay)  # per kind (rates.py)
         self.hist: list[int] = []  # committed tokens of this request
         self._kinds: list[tuple] = []  # kinds of the last proposal's nodes
         self._rows: dict[int, tuple[list[int], list[float]]] = {}  # unigram rows as lists, until the next harvest
@@ -245,17 +239,10 @@ class Goose(BaseDrafter):
         if kind[0] == "s":  # spine: ("s", n, consensus)
             base = {1: 0.3, 2: 0.45, 3: 0.6}.get(kind[1], 0.7)
             return min(0.9, base + (0.15 if kind[2] else 0.0))
-        lo = (0.0,) + SCORE_BINS
-        hi = SCORE_BINS + (1.0,)
-        mid = (lo[kind[1]] + hi[kind[1]]) / 2
-        return mid * (0.8 if kind[0] == "u" else 0.9)
+        return bin_prior(kind[1], 0.8 if kind[0] == "u" else 0.9)
 
     def rate(self, kind: tuple) -> float:
-        c = self.counts.get(kind)
-        w, p = self.PRIOR_WEIGHT, self.prior(kind)
-        if c is None:
-            return p
-        return (c[1] + w * p) / (c[0] + w)
+        return self.rates.rate(kind)
 
     # --- the table -------------------------------------------------------------------------
     def successors(self, tok: int, before: int) -> list[tuple[int, tuple]]:
@@ -337,12 +324,6 @@ class Goose(BaseDrafter):
         before = [before_root] + [root if p < 0 else toks[p] for p in par]
         self._harvest(torch.cat([torch.tensor([root], dtype=torch.long), draft.tokens]), before, logits)
         if self._kinds and draft.size:
-            on_path = set(verdict.path)
-            decay = self.config.rate_decay
-            for i, p in enumerate(par[: len(self._kinds)]):
-                if p < 0 or p in on_path:  # reached: was this node's parent accepted?
-                    c = self.counts.setdefault(self._kinds[i], [0.0, 0.0])
-                    c[0] = c[0] * decay + 1
-                    c[1] = c[1] * decay + (i in on_path)
+            self.rates.observe(self._kinds, par, verdict.path)
         self._kinds = []
         self.hist.extend(verdict.tokens)

@@ -5,6 +5,11 @@ context (prompt + committed output); the first n that matches proposes the token
 that occurrence as a chain. The index maps each n-gram to where it ended, and only n-grams that
 have a continuation are indexed, so each step costs O(new tokens), not a rescan of the context.
 `ngram_lookup_reference` is the slow rescan kept beside it and tested against it.
+
+Values: node i of the chain is of kind (match length, min(depth, 4)); its rate (accepted given its
+parent was) is learnt online (rates.NodeRates), so `Draft.values` tells the self-tuner how much of
+this step's chain is worth scoring (a 1-token match in chatter is not; a 3-token match in copied
+code is, and deeper nodes of an accepted copy are likelier than the first).
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from typing import Sequence
 
 from .. import tree
 from ..errors import QuickdraftError
-from ..types import Draft
+from ..types import Draft, Verdict
 from . import register
 from .base import BaseDrafter
+from .rates import NodeRates
 
 
 class NgramIndex:
@@ -63,11 +69,15 @@ class NgramIndex:
 
     def lookup(self, seq: Sequence[int], num_pred: int) -> list[int]:
         """Tokens following an earlier occurrence of the longest matching suffix of seq."""
+        return self.lookup_match(seq, num_pred)[0]
+
+    def lookup_match(self, seq: Sequence[int], num_pred: int) -> tuple[list[int], int]:
+        """(lookup's tokens, length of the matched suffix; 0 when nothing matched)."""
         m = self.find(seq)
         if m is None:
-            return []
+            return [], 0
         j = self._end(m[1])
-        return list(seq[j + 1: j + 1 + num_pred])
+        return list(seq[j + 1: j + 1 + num_pred]), m[0]
 
 
 def ngram_lookup_reference(seq: Sequence[int], sizes: Sequence[int], num_pred: int, latest: bool = True) -> list[int]:
@@ -103,6 +113,14 @@ class PromptLookup(BaseDrafter):
     def __init__(self, config: "PromptLookup.Config", **env) -> None:
         self.config = config
         self.index = NgramIndex(range(config.min_ngram, config.max_ngram + 1), config.latest)
+        self.rates = NodeRates(self.prior)  # persists across requests, like a learnt table
+        self._kinds: list[tuple[int, int]] = []  # kinds of the last proposal's nodes
+
+    @staticmethod
+    def prior(kind: tuple[int, int]) -> float:
+        """(match length n, depth) -> prior rate: longer matches and deeper nodes of a copy hold more."""
+        n, depth = kind
+        return min(0.8, 0.25 + 0.12 * min(n, 4) + (0.15 if depth > 1 else 0.0))
 
     def default_budget(self) -> int:
         return self.config.num_pred
@@ -115,4 +133,13 @@ class PromptLookup(BaseDrafter):
 
     def propose(self, seq: Sequence[int], budget: int) -> Draft:
         self.index.update(seq)
-        return tree.chain(self.index.lookup(seq, min(budget, self.config.num_pred)))
+        toks, n = self.index.lookup_match(seq, min(budget, self.config.num_pred))
+        draft = tree.chain(toks)
+        self._kinds = [(n, min(d, 4)) for d in range(1, len(toks) + 1)]
+        draft.values = self.rates.values(self._kinds, draft.parents.tolist())  # [n] float64
+        return draft
+
+    def observe(self, root: int, draft: Draft, logits, verdict: Verdict) -> None:
+        if self._kinds and draft.size:
+            self.rates.observe(self._kinds, draft.parents.tolist(), verdict.path)
+        self._kinds = []

@@ -9,6 +9,9 @@ layer: a node of rank r under a parent with token t gets token M[t, r].
 The template is the best-first tree for the per-rank acceptance probabilities `rank_probs`: the
 `nodes` nodes with the highest product of probabilities along their path (Sequoia/EAGLE-style).
 `template_reference` is the slow obvious enumeration kept beside it and tested against it.
+
+Values: a node's kind is (min(depth, 4), rank); its rate starts at rank_probs[rank] and is learnt
+online (rates.NodeRates), so `Draft.values` tells the self-tuner how much of this step's tree pays.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..errors import QuickdraftError
 from ..types import Draft, Verdict
 from . import register
 from .base import BaseDrafter
+from .rates import NodeRates, depths
 
 
 def best_first_template(nodes: int, rank_probs: Sequence[float], max_depth: int,
@@ -113,21 +117,22 @@ class TokenRecycling(BaseDrafter):
         self.needs_prefill_logits = config.harvest_prompt
         self.k = config.k
         self.adjacency = torch.full((vocab_size, self.k), -1, dtype=torch.long)  # [V, k]
-        self._templates: dict[int, tuple[Tensor, Tensor, list[tuple[int, int]]]] = {}
+        self._templates: dict[int, tuple[Tensor, Tensor, list[Tensor], list[tuple[int, int]]]] = {}
+        self.rates = NodeRates(lambda kind: config.rank_probs[kind[1]])  # kind: (depth <= 4, rank)
+        self._kinds: list[tuple[int, int]] = []  # kinds of the last proposal's nodes
 
-    def template(self, nodes: int) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """(parents [N], ranks [N], [node indices of depth d, d = 1, 2, ...]) of the best-first
-        N-node tree, nodes in decreasing value (so the template for fewer nodes is a prefix)."""
+    def template(self, nodes: int) -> tuple[Tensor, Tensor, list[Tensor], list[tuple[int, int]]]:
+        """(parents [N], ranks [N], [node indices of depth d, d = 1, 2, ...], node kinds) of the
+        best-first N-node tree, nodes in decreasing value (so the template for fewer nodes is a prefix)."""
         if nodes not in self._templates:
             tmpl = best_first_template(nodes, self.config.rank_probs[: self.k], self.config.max_depth, value_order=True)
             parent = torch.tensor([p for p, _ in tmpl], dtype=torch.long)  # [N]
             rank = torch.tensor([r for _, r in tmpl], dtype=torch.long)  # [N]
-            depth: list[int] = []
-            for p, _ in tmpl:
-                depth.append(1 if p < 0 else depth[p] + 1)
+            depth = depths([p for p, _ in tmpl])
             dep = torch.tensor(depth, dtype=torch.long)
             layers = [(dep == d).nonzero().flatten() for d in range(1, max(depth, default=0) + 1)]  # [n_d] each
-            self._templates[nodes] = (parent, rank, layers)
+            kinds = [(min(d, 4), r) for d, (_, r) in zip(depth, tmpl)]
+            self._templates[nodes] = (parent, rank, layers, kinds)
         return self._templates[nodes]
 
     def default_budget(self) -> int:
@@ -156,7 +161,7 @@ class TokenRecycling(BaseDrafter):
         """
         if min(budget, self.config.nodes) <= 0:
             return Draft.empty()
-        t_parent, t_rank, layers = self.template(self.config.nodes)
+        t_parent, t_rank, layers, kinds = self.template(self.config.nodes)
         n = t_parent.numel()
         tokens = torch.empty(n, dtype=torch.long)  # [N]
         for d, idx in enumerate(layers):  # one gather per depth
@@ -172,8 +177,14 @@ class TokenRecycling(BaseDrafter):
             new_index = torch.cumsum(valid.long(), 0) - 1  # [N]
             parents = torch.where(t_parent >= 0, new_index[t_parent.clamp(min=0)], -1)[valid]
             tokens = tokens[valid]
-        return Draft(tokens[:budget], parents[:budget])
+            kinds = [kinds[i] for i in valid.nonzero().flatten().tolist()]
+        self._kinds = kinds[:budget]
+        parents = parents[:budget]
+        return Draft(tokens[:budget], parents, values=self.rates.values(self._kinds, parents.tolist()))  # [n] float64
 
     def observe(self, root: int, draft: Draft, logits: Tensor, verdict: Verdict) -> None:
         inputs = torch.cat([torch.tensor([root], dtype=torch.long), draft.tokens])  # [n+1]
         self._harvest(inputs, logits)
+        if self._kinds and draft.size:
+            self.rates.observe(self._kinds, draft.parents.tolist(), verdict.path)
+        self._kinds = []
