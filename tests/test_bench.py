@@ -204,6 +204,11 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, capsys, tiny_folder):
             assert r["budgets"] is None and r["drafted"] is None
     assert o["ar"]["overall"]["drafted_median"] == 0 and o["ar"]["overall"]["plain_step_share"] == 1.0
     assert "## Draft budget per step" in md and " / " in md.split("## Draft budget per step")[1]
+    # the start-up cost curve beside what the tuners' clock learnt from the run's passes
+    pc = report["pass_costs"]
+    assert pc["sizes"][0] == 0 and pc["start"][0] == pc["learnt"][0] == 1.0
+    assert pc["learnt"] == sorted(pc["learnt"]) and sum(pc["timed"]) > 0 and pc["learnt_t1_ms"] > 0
+    assert "## Cost of a pass" in md and "learnt in the run" in md
 
 
 def test_profile_verify_on_a_tiny_model(tmp_path, capsys, tiny_folder):

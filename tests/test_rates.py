@@ -10,7 +10,7 @@ import torch
 
 from quickdraft import drafters
 from quickdraft.drafters.rates import NodeRates, depths, values_reference
-from quickdraft.tuning import BudgetTuner, CostCurve
+from quickdraft.tuning import BudgetTuner, CostCurve, PassClock
 from quickdraft.types import SamplingParams, Verdict
 
 VALUED = ("goose", "pld", "recycling", "aded")  # drafters whose drafts carry values
@@ -129,6 +129,7 @@ def test_every_valued_drafter_is_cut_per_step_and_stays_lossless(engine, tmp_pat
     params = SamplingParams(max_new_tokens=30)
     ar = engine.generate(prompt, "ar", params, chat=False).generation  # raw: the prompt's end repeats
     monkeypatch.setattr(engine, "_curve", CostCurve((0, 1, 64), (1.0, 1.6, 4.0), 0.04))
+    monkeypatch.setattr(PassClock, "observe", lambda self, n, seconds: None)  # keep this curve: no timing
     engine.reset_drafters()
     cuts = []  # (nodes offered, nodes kept) per trim
     trim = BudgetTuner.trim

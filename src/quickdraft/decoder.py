@@ -23,7 +23,7 @@ import torch
 from . import tree
 from .errors import QuickdraftError
 from .sampling import GumbelNoise, check_params
-from .tuning import BudgetTuner
+from .tuning import BudgetTuner, PassClock
 from .types import Draft, Drafter, SamplingParams, Stats
 from .verify import Verifier
 
@@ -48,11 +48,13 @@ class Decoder:
         self.eos_ids = set(int(e) for e in eos_ids)
 
     def generate(self, prompt: Sequence[int], params: SamplingParams, budget: int,
-                 on_tokens: TokenCallback | None = None, tuner: BudgetTuner | None = None) -> Generation:
+                 on_tokens: TokenCallback | None = None, tuner: BudgetTuner | None = None,
+                 clock: PassClock | None = None) -> Generation:
         """Generate after `prompt` (token ids, non-empty).
 
         budget: max draft nodes per step; with a tuner, the tuner chooses each step's budget instead
         (a budget of 0 is a plain step: the drafter is not asked to draft, only to observe).
+        clock: learns the time of every pass but the prefill (default: the tuner's, if any).
         """
         check_params(params)
         prompt = [int(t) for t in prompt]
@@ -67,6 +69,8 @@ class Decoder:
         noise = None if params.greedy else GumbelNoise(rng)  # sampled tokens independent of drafts
         stats = Stats(prompt_tokens=len(prompt))
         drafter = self.drafter
+        if clock is None and tuner is not None:
+            clock = tuner.clock
 
         t0 = time.perf_counter()
         t1 = t0
@@ -94,7 +98,10 @@ class Decoder:
                 seen = prompt[:-1] if prefix_logits is None else prompt[len(prompt) - 1 - prefix_logits.shape[0]:-1]
                 drafter.observe_prefill(torch.tensor(seen, dtype=torch.long), prefix_logits)  # aligned rows
             else:
+                tp = time.perf_counter()
                 logits = self.backend.score(seq[-1], draft)  # [n+1, V]
+                if clock is not None:
+                    clock.observe(draft.size, time.perf_counter() - tp)  # the tuner's costs are real pass times
             td = time.perf_counter()  # verifying, committing and observing count as drafting's cost
             verdict = self.verifier.verify(draft, logits, params, rng, noise, pos=len(out))
             self.backend.commit(verdict.path)

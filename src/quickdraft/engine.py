@@ -17,7 +17,7 @@ from .backend import HFBackend
 from .backend.matmul import batch_linears, kernel_of
 from .decoder import Decoder, Generation
 from .errors import QuickdraftError
-from .tuning import BudgetTuner, CostCurve, engine_curve
+from .tuning import BudgetTuner, CostCurve, PassClock, engine_curve
 from .types import SamplingParams
 
 
@@ -62,6 +62,7 @@ class Engine:
         self._drafters: dict[tuple[str, tuple[str, ...]], object] = {}
         self._tuners: dict[tuple[str, tuple[str, ...]], BudgetTuner] = {}
         self._curve: CostCurve | None = None
+        self._clock: PassClock | None = None  # pass times, learnt from every request once a tuner exists
         eos = getattr(model.generation_config, "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -119,14 +120,29 @@ class Engine:
         if key not in self._tuners:
             d = self.drafter(method, settings)
             cap = d.default_budget()
-            self._tuners[key] = (BudgetTuner(self.cost_curve(), cap, start=d.start_budget(),
+            if self._clock is None and cap > 0:  # one clock for all tuners: a pass costs the same whoever drafted it
+                self._clock = PassClock(self.cost_curve())
+            self._tuners[key] = (BudgetTuner(self.cost_curve(), cap, start=d.start_budget(), clock=self._clock,
                                              prefix_consistent=d.prefix_consistent) if cap > 0 else None)
         return self._tuners[key]
+
+    def pass_costs(self, sizes=(0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)) -> dict | None:
+        """The start-up cost curve against what the tuners' clock learnt from real passes, at `sizes`
+        (None before any tuner ran): {"start": [...], "learnt": [...], "timed": [...], t1 ms each}."""
+        clock = self._clock
+        if clock is None:
+            return None
+        learnt = clock.costs(max(sizes)).tolist()
+        return {"sizes": list(sizes), "start": [round(clock.curve.cost(n), 3) for n in sizes],
+                "learnt": [round(learnt[n], 3) for n in sizes],
+                "timed": [round(clock.sums.get(n, (0.0, 0.0))[1], 1) for n in sizes],
+                "start_t1_ms": round(clock.curve.t1_s * 1e3, 1), "learnt_t1_ms": round(clock.t1() * 1e3, 1)}
 
     def reset_drafters(self) -> None:
         """Forget every drafter and tuner (and what they learned across requests); rebuilt on next use."""
         self._drafters.clear()
         self._tuners.clear()
+        self._clock = None
 
     def generate_ids(self, prompt_ids: list[int], method: str = "ar", params: SamplingParams = SamplingParams(),
                      settings: list[str] | None = None, budget: int | None = None,
@@ -165,7 +181,8 @@ class Engine:
             return False
 
         watch = on_text is not None or bool(params.stop)  # else nobody reads text until the end
-        gen = decoder.generate(prompt_ids, params, budget or 0, on_tokens if watch else None, tuner=tuner)
+        gen = decoder.generate(prompt_ids, params, budget or 0, on_tokens if watch else None, tuner=tuner,
+                               clock=self._clock)
         text = self.tokenizer.decode(gen.tokens, skip_special_tokens=True)  # = the stream's text when watched
         if stopped:
             i = min(text.find(s) for s in params.stop if s in text)

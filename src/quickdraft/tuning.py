@@ -4,12 +4,16 @@ Cost model. `measure` times one target pass over root + n draft nodes (a best-fi
 mask) against a plain step, on a fixed context, sizes interleaved, medians. `CostCurve` interpolates
 those ratios linearly (and extrapolates past the last size). `engine_curve` measures it at every
 candidate budget once per (model, dtype, machine, torch, kernel variant), in a few seconds, and
-caches it as JSON under `cache_dir()/verify_cost/`.
+caches it as JSON under `cache_dir()/verify_cost/`. That measurement is only a prior: on a shared
+machine a few repeats can be off by a third (a plain step measured at 175 ms that takes 122 ms in
+the decoder, so 4 nodes looked free and cost 1.25 plain steps). Each tuner's `PassClock` therefore
+learns the pass time per node count from the decoder's own passes (decayed means, the curve as a
+prior worth a few passes), and every cost below is the clock's.
 
 Acceptance model. `BudgetTuner` keeps, per candidate budget b (0, 1, 2, 3, ... up to the drafter's
 cap), decayed sums of tokens committed per step (bonus included) and of step cost in plain-step units,
 cost = c(nodes actually drafted) + (drafting + verifying + committing + observing time) / T1
-(the forward's own cost is the curve's). The value of b is committed / cost: tokens
+(the forward's own cost is the clock's c, T1 its plain-step time). The value of b is committed / cost: tokens
 per plain-step time. b = 0 (a plain step, no drafting at all) is worth exactly 1. Drafters whose
 draft for a budget b' is the first b' nodes of their draft for any larger b (`prefix_consistent`:
 best-first trees, chains) update every smaller budget from each step too: the accepted path cut at
@@ -175,6 +179,95 @@ def engine_curve(backend, model_id: str, context_len: int = 128, repeats: int = 
     return curve
 
 
+class PassClock:
+    """Pass time per number of draft nodes, learnt online from the decoder's passes; the start-up
+    curve is its prior (see the module docstring, "Cost model").
+
+    T1 = (w * curve.t1_s + S_0) / (w + C_0) and, for an observed n > 0,
+    seconds(n) = (w * curve.cost(n) * T1 + S_n) / (w + C_n), where S_n and C_n are the sums of
+    observed seconds and counts of passes over root + n nodes, each decayed by `decay` per new
+    observation of that n. The correction f(n) = seconds(n) / (curve.cost(n) * T1) (f(0) = 1) is
+    interpolated linearly in n between observed sizes (held flat past the largest), so sizes never
+    timed move with their neighbours: cost(n) = max over k <= n of curve.cost(k) * f(k) (a pass
+    never costs less than a smaller one). The table of costs is rebuilt lazily after observations.
+    """
+
+    def __init__(self, curve: CostCurve, weight: float = 2.0, decay: float = 0.95) -> None:
+        self.curve = curve
+        self.weight = weight  # the prior's worth, in observed passes
+        self.decay = decay
+        self.sums: dict[int, list[float]] = {}  # n -> [decayed seconds, decayed count]
+        self._table: Tensor | None = None  # [m] float64: cost(0..m-1)
+
+    def observe(self, n: int, seconds: float) -> None:
+        s = self.sums.setdefault(int(n), [0.0, 0.0])
+        s[0] = s[0] * self.decay + seconds
+        s[1] = s[1] * self.decay + 1.0
+        self._table = None
+
+    def plain_count(self) -> float:
+        """Decayed number of plain passes observed (the weight of T1's own evidence)."""
+        return self.sums.get(0, (0.0, 0.0))[1]
+
+    def t1(self) -> float:
+        """Estimated seconds of a plain step (root only)."""
+        s = self.sums.get(0, (0.0, 0.0))
+        return (self.weight * self.curve.t1_s + s[0]) / (self.weight + s[1])
+
+    def seconds(self, n: int, t1: float | None = None) -> float:
+        """Estimated seconds of a pass over root + n nodes (an observed n, or the curve's prior)."""
+        t1 = self.t1() if t1 is None else t1
+        if n == 0:
+            return t1
+        prior = self.curve.cost(n) * t1
+        s = self.sums.get(n)
+        return prior if s is None else (self.weight * prior + s[0]) / (self.weight + s[1])
+
+    def costs(self, n: int) -> Tensor:
+        """[>= n+1] float64: cost(0), cost(1), ... (non-decreasing, cost(0) = 1)."""
+        if self._table is None or self._table.numel() <= n:
+            m = max(n + 1, 0 if self._table is None else self._table.numel())
+            t1 = self.t1()
+            obs = sorted(k for k in self.sums if k > 0)
+            xs = [0.0] + [float(k) for k in obs]  # sizes with a correction
+            fs = [1.0] + [self.seconds(k, t1) / (self.curve.cost(k) * t1) for k in obs]
+            ks = torch.arange(m, dtype=torch.float64)  # [m]
+            # linear between observed sizes, flat past the last (torch.interp-like, by hand)
+            x, f = torch.tensor(xs, dtype=torch.float64), torch.tensor(fs, dtype=torch.float64)
+            hi = torch.searchsorted(x, ks).clamp(max=len(xs) - 1)  # [m]
+            lo = (hi - 1).clamp(min=0)
+            span = (x[hi] - x[lo]).clamp(min=1e-9)
+            w = ((ks - x[lo]) / span).clamp(0.0, 1.0)
+            corr = torch.where(ks >= x[-1], f[-1], f[lo] + (f[hi] - f[lo]) * w)  # [m]
+            prior = torch.tensor([self.curve.cost(k) for k in range(m)], dtype=torch.float64)
+            self._table = torch.cummax(prior * corr, 0).values
+        return self._table
+
+    def cost(self, n: int) -> float:
+        return float(self.costs(n)[n])
+
+
+def clock_costs_reference(clock: PassClock, m: int) -> list[float]:
+    """Slow reference for PassClock.costs: the correction interpolated size by size, then the
+    running maximum."""
+    t1 = clock.t1()
+    pts = [(0, 1.0)] + [(k, clock.seconds(k, t1) / (clock.curve.cost(k) * t1)) for k in sorted(clock.sums) if k > 0]
+    out, run = [], 0.0
+    for k in range(m):
+        below = [p for p in pts if p[0] <= k][-1]
+        above = [p for p in pts if p[0] >= k]
+        if not above:
+            f = pts[-1][1]
+        elif above[0][0] == below[0]:
+            f = below[1]
+        else:
+            (x0, f0), (x1, f1) = below, above[0]
+            f = f0 + (f1 - f0) * (k - x0) / (x1 - x0)
+        run = max(run, clock.curve.cost(k) * f)
+        out.append(run)
+    return out
+
+
 @dataclass
 class Arm:
     tokens: float = 0.0  # decayed sum of committed tokens
@@ -199,6 +292,9 @@ class BudgetTuner:
     explore_every: int = 4  # at most every 4th step explores
     explore_share: float = 0.05  # exploring costs at most this share of the time (see choose)
     start_max_cost: float = 1.5  # the first budget is the start, cut to one whose pass costs at most this
+    clock: PassClock | None = None  # pass costs (shared by an engine's tuners); default: one from the curve
+    time_every: int = 16  # while the clock has timed fewer than `time_plain` plain passes, every
+    time_plain: float = 4.0  # `time_every`-th step is a plain one, so costs are relative to a measured T1
     candidates: tuple[int, ...] = field(init=False)
     arms: dict[int, Arm] = field(init=False)
     history: list[tuple[int, int, float]] = field(init=False)  # (budget, committed, cost) per arm update
@@ -224,7 +320,8 @@ class BudgetTuner:
         self._credit = 0.0
         self.exploring = False  # the last choose() probed a budget other than the best
         self.history = []
-        self._costs = torch.ones(1, dtype=torch.float64)  # [k+1]: curve.cost(0..k), grown by trim as needed
+        if self.clock is None:  # pass costs: the start-up curve, corrected by observed passes
+            self.clock = PassClock(self.curve)
 
     def best(self) -> int:
         if not any(a.steps for c, a in self.arms.items() if c):
@@ -237,16 +334,19 @@ class BudgetTuner:
         # exploration is paid from a credit of `explore_share` of each step's cost, so probing a
         # budget that costs much more (a staircase curve, or plain steps vs an expensive pass)
         # happens rarely and never costs more than that share of the time
-        self._credit = min(self._credit + self.explore_share * self.curve.cost(b), self.curve.cost(self.cap))
+        cost = self.clock.cost
+        self._credit = min(self._credit + self.explore_share * cost(b), cost(self.cap))
         every = self.explore_every * (2 if b == 0 else 1)  # plain steps explore half as often
         if self._tick % every == 0:
             up = not self._up
             nb = self._neighbour(b, up)
-            extra = max(0.0, self.curve.cost(nb) - self.curve.cost(b))
+            extra = max(0.0, cost(nb) - cost(b))
             if extra <= self._credit:
                 self._credit -= extra
                 self._up = up
                 b = nb
+        if b and self._tick % self.time_every == 0 and self.clock.plain_count() < self.time_plain:
+            b = 0  # a timing probe: T1 must be measured for any cost ratio to mean anything
         self.exploring = b != best
         return b
 
@@ -269,13 +369,11 @@ class BudgetTuner:
         the smaller k. The budget sets how much is drafted, this how much of it pays this step:
         a draft of unlikely nodes becomes a plain step, a confident spine is kept whole."""
         n = values.numel()
-        if self._costs.numel() <= n:  # once per new largest draft, not every step
-            self._costs = torch.tensor([self.curve.cost(k) for k in range(n + 1)], dtype=torch.float64)
         gain = 1.0 + torch.cat([torch.zeros(1, dtype=torch.float64), values.double().cumsum(0)])  # [n+1]
-        return int(torch.argmax(gain / self._costs[: n + 1]))  # the first maximum: the smaller k
+        return int(torch.argmax(gain / self.clock.costs(n)[: n + 1]))  # the first maximum: the smaller k
 
     def step_cost(self, drafted: int, draft_s: float) -> float:
-        return self.curve.cost(drafted) + draft_s / self.curve.t1_s
+        return self.clock.cost(drafted) + draft_s / self.clock.t1()
 
     def update(self, budget: int, drafted: int, committed: int, draft_s: float,
                path: Sequence[int] | None = None) -> None:
@@ -301,8 +399,9 @@ class BudgetTuner:
         self.history.append((b, committed, cost))
 
 
-def trim_reference(curve: CostCurve, values: Sequence[float]) -> int:
-    """Slow reference for BudgetTuner.trim: try every prefix, keep the first best."""
+def trim_reference(curve, values: Sequence[float]) -> int:
+    """Slow reference for BudgetTuner.trim: try every prefix, keep the first best (curve: anything
+    with cost(n), e.g. the tuner's clock)."""
     best_k, best = 0, 1.0 / curve.cost(0)
     for k in range(1, len(values) + 1):
         rate = (1.0 + sum(values[:k])) / curve.cost(k)

@@ -187,6 +187,17 @@ def markdown(report: dict) -> str:
 
         for g in [*report["categories"], OVERALL]:
             lines.append(f"| {g} | " + " | ".join(cell(meth[m][g]) for m in tuned) + " |")
+    pc = report.get("pass_costs")
+    if pc:
+        lines += ["", "## Cost of a pass", "",
+                  "Cost of one target pass over root + n draft nodes, in plain steps: the curve measured when the "
+                  f"engine started (plain step {pc['start_t1_ms']} ms) and what the self-tuner's clock learnt from "
+                  f"the run's own passes (plain step {pc['learnt_t1_ms']} ms), with the decayed number of passes "
+                  "timed at each size at the end (sizes never timed move with their timed neighbours).", "",
+                  "| nodes | " + " | ".join(str(n) for n in pc["sizes"]) + " |", "|---" * (len(pc["sizes"]) + 1) + "|",
+                  "| start-up curve | " + " | ".join(f"{c:.2f}" for c in pc["start"]) + " |",
+                  "| learnt in the run | " + " | ".join(f"{c:.2f}" for c in pc["learnt"]) + " |",
+                  "| passes timed | " + " | ".join(f"{c:g}" for c in pc["timed"]) + " |"]
     if report.get("divergence"):
         lines += ["", f"## Where greedy outputs differ from {base}", "",
                   f"For each question whose output differs: the first differing turn whose prompt is still {base}'s, "

@@ -286,6 +286,7 @@ def run_bench(args, command: str | None = None) -> dict:
         "draft_model": args.draft_model if wants_draft else None,
         "machine": machine, "weight_bytes": target_bytes, "limit_tokens_per_s": round(bw * 1e9 / target_bytes, 2),
         "skipped": skipped, "error_samples": rep.error_samples(records), "notes": notes, "divergence": diverged,
+        "pass_costs": engine.pass_costs(),
         **agg,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
