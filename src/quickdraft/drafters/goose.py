@@ -15,9 +15,10 @@ consensus), table successors by (tier, score bin). The `budget` most valuable no
 parents before children (so any prefix is a tree). The spine's share of the budget therefore follows
 its measured acceptance, like the paper's EMA-driven split, but chosen to maximise expected accepted
 tokens; the budget itself comes from the engine's self-tuner (tuning.py).
-Rates: `rates.NodeRates`, decayed counts per kind of (reached, accepted), with a prior; a node is reached when its
-parent is the root or on the accepted path, accepted when it is on the path. Greedy or sampled, the
-drafts are deterministic, so the verifier's point-mass rule keeps the output exact.
+Rates: `rates.NodeRates`, decayed counts per kind of (reached, accepted), with a prior; a node is
+reached when its parent is the root or on the accepted path, accepted when it is on the path.
+Greedy or sampled, the drafts are deterministic, so the verifier's point-mass rule keeps the output
+exact.
 `build_reference` (every candidate to the depth limits, then the top values) is the slow obvious
 tree kept beside the heap version and tested against it.
 """
@@ -38,6 +39,7 @@ from . import register
 from .base import BaseDrafter
 from .pld import NgramIndex
 from .rates import NodeRates, bin_prior, score_bin  # table successors' softmax score -> bin 0..4
+
 
 class ContextMatcher(NgramIndex):
     """pld's incremental index, each n-gram -> [last end, occurrences, next token, all followed by it]."""
