@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from quickdraft import drafters
+from quickdraft.errors import QuickdraftError
 from quickdraft.drafters.rates import NodeRates, depths, values_reference
 from quickdraft.tuning import BudgetTuner, CostCurve, PassClock
 from quickdraft.types import SamplingParams, Verdict
@@ -61,7 +62,7 @@ def _proposal(name: str):
     d = drafters.create(name, [], vocab_size=32)
     prompt = [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3]
     d.start(prompt)
-    if d.needs_prefill_logits:  # table drafters learn "t -> t + 1" from the prompt's logits
+    if d.prefill_logits:  # table drafters learn "t -> t + 1" from the prompt's logits
         logits = torch.zeros(len(prompt) - 1, 32)
         logits[torch.arange(len(prompt) - 1), torch.tensor(prompt[:-1]) % 5 + 1] = 5.0
         d.observe_prefill(torch.tensor(prompt[:-1]), logits)
@@ -87,6 +88,15 @@ def test_drafts_carry_values_that_follow_the_verdicts(name):
         draft = d.propose(prompt, 8)
         d.observe(prompt[-1], draft, torch.zeros(draft.size + 1, 32), Verdict([0], [int(draft.tokens[0]), 0]))
     assert d.propose(prompt, 8).values[0].item() > 2 * low
+
+
+@pytest.mark.parametrize("name", ["goose", "recycling"])
+def test_prompt_harvest_rows_are_bounded(name):
+    assert drafters.create(name, [], vocab_size=32).prefill_logits == 256
+    assert drafters.create(name, ["harvest_rows=8"], vocab_size=32).prefill_logits == 8
+    assert drafters.create(name, ["harvest_prompt=false"], vocab_size=32).prefill_logits == 0
+    with pytest.raises(QuickdraftError, match="harvest_rows"):
+        drafters.create(name, ["harvest_rows=5000"], vocab_size=32)
 
 
 def test_lookahead_gives_no_values():

@@ -34,7 +34,7 @@ def check_tree_pass(model, prefix_len: int, n: int, seed: int, fused: bool = Fal
     draft = random_tree(rng, n)
     backend = HFBackend(model)
     if fused:
-        logits, prefix_logits = backend.first_pass(prompt[:-1], prompt[-1], draft, want_prefix_logits=True)
+        logits, prefix_logits = backend.first_pass(prompt[:-1], prompt[-1], draft, prefix_logits=len(prompt))
         torch.testing.assert_close(prefix_logits.float(), full_logits(model, prompt[:-1]).float(), **tol)
     else:
         backend.prefill(prompt[:-1])
@@ -90,3 +90,16 @@ def test_tree_helpers():
     assert tree.path_to(d.parents, 4) == [0, 2, 4]
     t = tree.truncate(d, 2)
     assert t.tokens.tolist() == [1, 5]
+
+
+def test_first_pass_returns_only_the_prompt_rows_asked_for(any_model):
+    """Drafters that harvest the prompt ask for its last few rows only (the LM head over a long
+    prompt costs seconds on some CPUs); 0 rows means none."""
+    rng = random.Random(5)
+    prompt = [rng.randrange(VOCAB) for _ in range(12)]
+    full = full_logits(any_model, prompt[:-1])  # [11, V]
+    backend = HFBackend(any_model)
+    _, rows = backend.first_pass(prompt[:-1], prompt[-1], Draft.empty(), prefix_logits=3)
+    torch.testing.assert_close(rows.float(), full[-3:].float(), atol=1e-4, rtol=1e-4)
+    assert backend.first_pass(prompt[:-1], prompt[-1], Draft.empty(), prefix_logits=0)[1] is None
+    assert backend.first_pass(prompt[:-1], prompt[-1], Draft.empty(), prefix_logits=99)[1].shape[0] == 11

@@ -94,7 +94,7 @@ class Decoder:
             draft_s = time.perf_counter() - td
             if stats.steps == 0:  # the prompt goes through the model with the first draft
                 logits, prefix_logits = self.backend.first_pass(
-                    prompt[:-1], seq[-1], draft, want_prefix_logits=drafter.needs_prefill_logits)
+                    prompt[:-1], seq[-1], draft, prefix_logits=drafter.prefill_logits)
                 seen = prompt[:-1] if prefix_logits is None else prompt[len(prompt) - 1 - prefix_logits.shape[0]:-1]
                 drafter.observe_prefill(torch.tensor(seen, dtype=torch.long), prefix_logits)  # aligned rows
             else:

@@ -88,13 +88,14 @@ class Drafter(Protocol):
     """Proposes draft trees. One instance serves one engine (one model); it may keep state across
     requests (Token Recycling's adjacency matrix) but never across models."""
 
-    needs_prefill_logits: bool  # observe_prefill wants logits for every prompt position
+    prefill_logits: int  # observe_prefill wants the logits of the last this many prompt positions (0: none)
 
     def start(self, prompt: Sequence[int]) -> None:
         """A new request begins with this prompt (token ids, root included)."""
 
     def observe_prefill(self, tokens: Tensor, logits: Tensor | None) -> None:
-        """Prompt tokens [L] and, if needs_prefill_logits, their logits [L, V]."""
+        """The last L prompt tokens [L] before the root and, if prefill_logits > 0, their logits [L, V]
+        (L <= prefill_logits); without logits, every prompt token before the root."""
 
     def propose(self, seq: Sequence[int], budget: int) -> Draft:
         """Draft a tree of at most `budget` nodes after seq[-1] (the root). Empty = plain step."""

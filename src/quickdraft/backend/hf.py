@@ -57,17 +57,17 @@ class HFBackend:
 
     # --- passes ----------------------------------------------------------------------------
     def first_pass(self, prefix: Sequence[int], root: int, draft: Draft,
-                   want_prefix_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+                   prefix_logits: int = 0) -> tuple[Tensor, Tensor | None]:
         """Fresh cache; one pass over prefix + root + draft.
 
-        Returns logits [n+1, V] (root, then each node) and, if asked, the logits [P', V] of the last
-        P' = min(P, MAX_PREFIX_LOGITS) prefix positions (bounded memory for long prompts).
+        Returns logits [n+1, V] (root, then each node) and, if prefix_logits > 0, the logits [P', V]
+        of the last P' = min(P, prefix_logits, MAX_PREFIX_LOGITS) prefix positions (else None).
         """
         self.cache = DynamicCache()  # plain full layers on purpose: see the module docstring
         self.cached = 0
-        keep = min(len(prefix), MAX_PREFIX_LOGITS) if want_prefix_logits else 0
+        keep = min(len(prefix), int(prefix_logits), MAX_PREFIX_LOGITS)
         logits = self._forward(list(prefix), root, draft, keep_prefix=keep)  # [keep+n+1, V]
-        if not want_prefix_logits:
+        if prefix_logits <= 0:
             return logits, None
         return logits[keep:], logits[:keep]
 

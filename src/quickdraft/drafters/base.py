@@ -10,7 +10,7 @@ from ..types import Draft, Verdict
 
 
 class BaseDrafter:
-    needs_prefill_logits = False
+    prefill_logits = 0  # logits of the last this many prompt positions for observe_prefill
     # propose(seq, b') returns the first b' nodes of propose(seq, b) for b' < b (best-first trees,
     # chains); the self-tuner then learns every smaller budget from each step. False if unsure.
     prefix_consistent = False

@@ -199,12 +199,15 @@ class Goose(BaseDrafter):
         bigram_rows: int = 200_000  # the bigram tier is cleared when it grows past this many keys
         rate_decay: float = 0.995  # per update of a kind's acceptance counts
         harvest_prompt: bool = True  # learn the table from the prompt's logits too
+        harvest_rows: int = 256  # ... of at most this many last prompt positions (see recycling)
 
         def validate(self) -> None:
             if not (1 <= self.nodes <= 1024 and 0 <= self.start_nodes):
                 raise QuickdraftError("goose needs 1 <= nodes <= 1024 and start_nodes >= 0; fix --set nodes/start_nodes")
             if not self.ngram_sizes or min(self.ngram_sizes) < 1:
                 raise QuickdraftError("goose ngram_sizes must be positive lengths, e.g. --set ngram_sizes=4,3,2,1")
+            if not 0 <= self.harvest_rows <= 1024:
+                raise QuickdraftError("goose needs 0 <= harvest_rows <= 1024; fix --set harvest_rows")
             if not (1 <= self.k <= 64 and 1 <= self.max_depth <= 64 and self.extend_min_ngram >= 1):
                 raise QuickdraftError("goose needs 1 <= k <= 64, 1 <= max_depth <= 64, extend_min_ngram >= 1; fix --set")
             if not 0 < self.rate_decay <= 1:
@@ -218,7 +221,7 @@ class Goose(BaseDrafter):
         if config.k > vocab_size:
             raise QuickdraftError(f"goose k={config.k} exceeds the vocabulary ({vocab_size}); lower --set k")
         self.config = config
-        self.needs_prefill_logits = config.harvest_prompt
+        self.prefill_logits = config.harvest_rows if config.harvest_prompt else 0
         self.k = config.k
         self.uni_tok = torch.full((vocab_size, self.k), -1, dtype=torch.long)  # [V, k]
         self.uni_p = torch.zeros(vocab_size, self.k)  # [V, k] softmax over the stored top-k logits

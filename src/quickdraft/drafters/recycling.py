@@ -100,13 +100,17 @@ class TokenRecycling(BaseDrafter):
         # acceptance rate of the rank-r successor given its parent was reached; shapes the template
         # (measured on SmolLM2-135M over 26 Spec-Bench prompts, docs/tuning.md)
         rank_probs: tuple[float, ...] = (0.41, 0.08, 0.06, 0.04, 0.04, 0.04, 0.02, 0.02)
-        harvest_prompt: bool = True  # also learn from the prompt's logits (costs the LM head over the prompt)
+        harvest_prompt: bool = True  # also learn from the prompt's logits (costs the LM head over those rows)
+        harvest_rows: int = 256  # ... of at most this many last prompt positions (docs/tuning.md: a long
+        # prompt's full harvest cost Qwen-0.5B seconds of prefill on an AVX2 CPU)
 
         def validate(self) -> None:
             if not (1 <= self.nodes <= 1024 and 1 <= self.k <= 64 and 1 <= self.max_depth <= 64):
                 raise QuickdraftError("recycling needs 1 <= nodes <= 1024, 1 <= k <= 64, 1 <= max_depth <= 64; fix --set")
             if not self.rank_probs or any(not 0 < p <= 1 for p in self.rank_probs):
                 raise QuickdraftError("recycling rank_probs must be numbers in (0, 1]; fix --set rank_probs")
+            if not 0 <= self.harvest_rows <= 1024:
+                raise QuickdraftError("recycling needs 0 <= harvest_rows <= 1024; fix --set harvest_rows")
 
     def __init__(self, config: "TokenRecycling.Config", vocab_size: int = 0, **env) -> None:
         if vocab_size <= 0:
@@ -114,7 +118,7 @@ class TokenRecycling(BaseDrafter):
         if config.k > vocab_size:
             raise QuickdraftError(f"recycling k={config.k} exceeds the vocabulary ({vocab_size}); lower --set k")
         self.config = config
-        self.needs_prefill_logits = config.harvest_prompt
+        self.prefill_logits = config.harvest_rows if config.harvest_prompt else 0
         self.k = config.k
         self.adjacency = torch.full((vocab_size, self.k), -1, dtype=torch.long)  # [V, k]
         self._templates: dict[int, tuple[Tensor, Tensor, list[Tensor], list[tuple[int, int]]]] = {}
