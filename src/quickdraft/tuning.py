@@ -54,6 +54,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -198,6 +199,7 @@ class PassClock:
         self.decay = decay
         self.sums: dict[int, list[float]] = {}  # n -> [decayed seconds, decayed count]
         self._table: Tensor | None = None  # [m] float64: cost(0..m-1)
+        self._prior = np.zeros(0)  # [m] curve.cost(0..m-1)
 
     def observe(self, n: int, seconds: float) -> None:
         s = self.sums.setdefault(int(n), [0.0, 0.0])
@@ -227,20 +229,13 @@ class PassClock:
         """[>= n+1] float64: cost(0), cost(1), ... (non-decreasing, cost(0) = 1)."""
         if self._table is None or self._table.numel() <= n:
             m = max(n + 1, 0 if self._table is None else self._table.numel())
+            if self._prior.size < m:  # curve.cost(0..m-1): the curve never changes, so built once
+                self._prior = np.array([self.curve.cost(k) for k in range(m)])
             t1 = self.t1()
             obs = sorted(k for k in self.sums if k > 0)
-            xs = [0.0] + [float(k) for k in obs]  # sizes with a correction
             fs = [1.0] + [self.seconds(k, t1) / (self.curve.cost(k) * t1) for k in obs]
-            ks = torch.arange(m, dtype=torch.float64)  # [m]
-            # linear between observed sizes, flat past the last (torch.interp-like, by hand)
-            x, f = torch.tensor(xs, dtype=torch.float64), torch.tensor(fs, dtype=torch.float64)
-            hi = torch.searchsorted(x, ks).clamp(max=len(xs) - 1)  # [m]
-            lo = (hi - 1).clamp(min=0)
-            span = (x[hi] - x[lo]).clamp(min=1e-9)
-            w = ((ks - x[lo]) / span).clamp(0.0, 1.0)
-            corr = torch.where(ks >= x[-1], f[-1], f[lo] + (f[hi] - f[lo]) * w)  # [m]
-            prior = torch.tensor([self.curve.cost(k) for k in range(m)], dtype=torch.float64)
-            self._table = torch.cummax(prior * corr, 0).values
+            corr = np.interp(np.arange(m), [0, *obs], fs)  # linear between timed sizes, flat past the last
+            self._table = torch.cummax(torch.from_numpy(self._prior[:m] * corr), 0).values  # [m] float64
         return self._table
 
     def cost(self, n: int) -> float:
