@@ -105,6 +105,26 @@ def test_modes_and_errors(monkeypatch):
 
 
 @needs_fbgemm
+def test_only_large_weights_are_split_and_the_split_changes_no_bit(monkeypatch):
+    """batch_linears runs weights below SPLIT_MIN_WEIGHTS as one block on the calling thread and
+    splits the others into one block per torch thread; either layout gives the same bits."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    sizes = {m.weight.numel() for m in bf16_model("llama").modules() if type(m) is nn.Linear}
+    threshold = sorted(sizes)[len(sizes) // 2]  # some layers below, some at or above
+    monkeypatch.setattr(matmul, "SPLIT_MIN_WEIGHTS", threshold)
+    model = bf16_model("llama")
+    batch_linears(model, "fbgemm")
+    layers = [m for m in model.modules() if isinstance(m, RowBatchedLinear)]
+    assert {len(m.blocks) for m in layers} == {1, 2}
+    for m in layers:
+        assert len(m.blocks) == (2 if m.weight.numel() >= threshold else 1)
+        whole = RowBatchedLinear(m)  # one block, same weight
+        x = torch.randn(7, m.in_features).to(torch.bfloat16)
+        assert torch.equal(m(x), whole(x))
+    assert matmul.split_layers(model) == sum(len(m.blocks) == 2 for m in layers)
+
+
+@needs_fbgemm
 def test_inexact_weights_keep_the_stock_module_and_ties_stay():
     model = bf16_model("llama")
     model.config.tie_word_embeddings = True

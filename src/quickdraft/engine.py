@@ -14,7 +14,7 @@ import torch
 
 from . import drafters
 from .backend import HFBackend
-from .backend.matmul import batch_linears, kernel_of
+from .backend.matmul import batch_linears, kernel_of, split_layers
 from .decoder import Decoder, Generation
 from .errors import QuickdraftError
 from .tuning import BudgetTuner, CostCurve, PassClock, engine_curve
@@ -58,6 +58,7 @@ class Engine:
         self.name = name
         self.batched_linears = batch_linears(model, matmul)  # layers swapped (0: stock model)
         self.matmul_kernel = kernel_of(model)  # "onednn" | "fbgemm" | "torch"
+        self.split_linears = split_layers(model)  # FBGEMM layers run as several blocks on the pool
         self.backend = HFBackend(model)
         self._drafters: dict[tuple[str, tuple[str, ...]], object] = {}
         self._tuners: dict[tuple[str, tuple[str, ...]], BudgetTuner] = {}
@@ -111,7 +112,7 @@ class Engine:
     def cost_curve(self) -> CostCurve:
         """How a pass's cost grows with draft nodes on this machine (measured once, cached on disk)."""
         if self._curve is None:
-            self._curve = engine_curve(self.backend, self.name, variant=f"{self.matmul_kernel}={self.batched_linears}")
+            self._curve = engine_curve(self.backend, self.name, variant=f"{self.matmul_kernel}={self.batched_linears}/split={self.split_linears}")
         return self._curve
 
     def tuner(self, method: str, settings: list[str] | None = None) -> BudgetTuner | None:
