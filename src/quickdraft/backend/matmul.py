@@ -38,9 +38,10 @@ The swap keeps the original Parameters (tied embeddings stay tied) and adds one 
 FBGEMM's op is single-threaded, so `RowBatchedLinear` splits a weight into one block of output
 features per torch thread, only when the weight has at least SPLIT_MIN_WEIGHTS entries. Measured on
 a 2-core AMD EPYC (AVX2), 4 rows, whole vs split in two: 896x896 101 us vs 235 us, 576x1536 127 vs
-207, 896x4864 419 vs 334, the LM heads 5.6 ms vs 3.9 ms. Splitting the small layers of SmolLM2
-made its tree passes cost 1.2-1.4 plain steps at 1-4 nodes; whole, 1.0-1.1. The split changes no
-value: each output feature's sum is the same computation in either layout.
+207, 896x4864 419 vs 334, the LM heads 5.6 ms vs 3.9 ms. With its small layers whole, SmolLM2's
+passes over root + 1..5 nodes cost 1.14-1.35 plain steps instead of 1.40-1.49
+(scripts/split_curve.py; docs/tuning.md). The split changes no value: each output feature's sum is
+the same computation in either layout (tested).
 """
 
 from __future__ import annotations
