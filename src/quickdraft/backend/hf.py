@@ -14,7 +14,9 @@ Invariants:
     window on every layer (Mistral-style configs) get the windowed mask, so tree masks stay exact
     past the window; the cache keeps every position (no window trimming) so that positions can be
     gathered on commit. Other attention layer types are refused with a clear error.
-  * No monkeypatching: only the public forward(input_ids, attention_mask, position_ids, cache).
+  * No monkeypatching: only the public forward(input_ids, attention_mask, position_ids, cache), and
+    transformers' AttentionInterface to register the tree attention of `attention.py` (grouped-query
+    heads without copying the cache; passes of one query and prefills keep the stock code).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from .. import tree
+from . import attention
 from ..errors import QuickdraftError
 from ..types import Draft
 
@@ -35,6 +38,7 @@ MAX_PREFIX_LOGITS = 1024  # first_pass returns logits for at most this many last
 class HFBackend:
     def __init__(self, model) -> None:
         self.model = model
+        self.tree_attention = attention.install(model)  # False: the model keeps its own attention
         cfg = model.config
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
