@@ -4,9 +4,10 @@ transformers' SDPA path, given a mask and several queries (every tree pass), rep
 key/value head for all the query heads of its group (`repeat_kv`): it copies the whole cache of
 every layer on every pass, which grows with the context (SmolLM2 at 140 tokens of context: 2 ms
 of a 50 ms pass). `tree_sdpa` folds the group into the query rows instead: the query
-[B, Hkv*g, q, D] is viewed as [B, Hkv, g*q, D] (head h uses key/value head h // g, so this is a view),
-the mask [B|1, 1, q, K] is tiled to [B|1, 1, g*q, K], and SDPA runs on the key/value heads as they
-are in the cache. Each output row is the same sum over the same keys as before.
+[B, Hkv*g, q, D] is reshaped to [B, Hkv, g*q, D] (head h uses key/value head h // g; only the
+queries are copied), the mask [B|1, 1, q, K] is tiled to [B|1, 1, g*q, K], and SDPA runs on the
+key/value heads as they are in the cache. Each output row is the same sum over the same keys as
+before.
 
 Invariants:
   * One query row, a pass without a cache before it (a prefill: the same bits as `generate()`'s),
