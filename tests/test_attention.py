@@ -38,16 +38,17 @@ def tree_case(heads: int, kv_heads: int, q: int, past: int, dtype, mask_kind: st
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 2), (9, 3), (14, 2), (4, 1)])
 @pytest.mark.parametrize("mask_kind", ["additive", "bool"])
-def test_folded_heads_match_the_reference(heads, kv_heads, mask_kind):
-    query, key, value, mask, allowed = tree_case(heads, kv_heads, q=6, past=11, dtype=torch.float32,
-                                                 mask_kind=mask_kind)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_heads_match_the_reference(heads, kv_heads, mask_kind, dtype):
+    query, key, value, mask, allowed = tree_case(heads, kv_heads, q=6, past=11, dtype=dtype, mask_kind=mask_kind)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     fast, _ = attention.tree_sdpa(Grouped(heads // kv_heads), query, key, value, mask, scaling=0.25)
     additive = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[None, None]
     ref = attention.reference_attention(query, key, value, additive, 0.25)  # [1, q, H, D]
     assert fast.shape == ref.shape == (1, 6, heads, 16)
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, ref, **tol)
     stock, _ = sdpa_attention_forward(Grouped(heads // kv_heads), query, key, value, mask, scaling=0.25)
-    torch.testing.assert_close(fast, stock, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, stock, **tol)
 
 
 def test_one_query_and_prefill_run_the_stock_code_bit_for_bit():
@@ -80,8 +81,14 @@ def test_tree_passes_fold_and_plain_steps_delegate(monkeypatch):
     assert calls == []  # a tree pass: folded heads, no repeated cache
 
 
-def test_models_without_sdpa_keep_their_attention():
+def test_models_without_sdpa_or_groups_and_opted_out_backends_keep_their_attention():
     model = tiny_model("llama")
     model.set_attn_implementation("eager")
     assert not HFBackend(model).tree_attention
     assert model.config._attn_implementation == "eager"
+    model = tiny_model("llama")
+    assert not HFBackend(model, tree_attention=False).tree_attention
+    assert model.config._attn_implementation == "sdpa"
+    model = tiny_model("llama")
+    model.config.num_key_value_heads = model.config.num_attention_heads  # config read only: no groups
+    assert not HFBackend(model).tree_attention and model.config._attn_implementation == "sdpa"

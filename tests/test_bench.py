@@ -153,7 +153,18 @@ def write_data(path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
-def test_bench_end_to_end_on_a_tiny_model(tmp_path, capsys, tiny_folder):
+def test_bench_end_to_end_on_a_tiny_model(tmp_path, capsys, tiny_folder, monkeypatch):
+    from quickdraft.backend import attention
+    from quickdraft.bench import run as bench_run
+
+    seen = []  # (engine, stock, assistant) handed to each runner
+
+    def spy(m, engine, stock, assistant, **kw):
+        seen.append((engine, stock, assistant))
+        return make_runner(m, engine, stock=stock, assistant=assistant, **kw)
+
+    make_runner = bench_run.make_runner
+    monkeypatch.setattr(bench_run, "make_runner", spy)
     data = tmp_path / "q.jsonl"
     write_data(data)
     out = tmp_path / "out"
@@ -209,6 +220,11 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, capsys, tiny_folder):
     assert pc["sizes"][0] == 0 and pc["start"][0] == pc["learnt"][0] == 1.0
     assert pc["learnt"] == sorted(pc["learnt"]) and sum(pc["timed"]) > 0 and pc["learnt_t1_ms"] > 0
     assert "## Cost of a pass" in md and "learnt in the run" in md
+    # the engine's passes fold grouped heads; the baselines' copies stay stock transformers
+    engine, stock, assistant = seen[0]
+    assert engine.model.config._attn_implementation == attention.NAME
+    assert stock is not engine and stock.model.config._attn_implementation == "sdpa"
+    assert assistant.model.config._attn_implementation == "sdpa"
 
 
 def test_profile_verify_on_a_tiny_model(tmp_path, capsys, tiny_folder):

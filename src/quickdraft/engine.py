@@ -49,17 +49,19 @@ class TextStream:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, name: str = "model", matmul: str = "auto") -> None:
+    def __init__(self, model, tokenizer, name: str = "model", matmul: str = "auto", tree_attention: bool = True) -> None:
         """matmul: "auto" swaps bf16 linear layers for oneDNN prepacked products on CPUs with a
         native bf16 GEMM and for row-batched FBGEMM products on the others (backend/matmul.py);
-        "onednn" / "fbgemm" force one, "torch" keeps the stock modules. Modifies `model`."""
+        "onednn" / "fbgemm" force one, "torch" keeps the stock modules. tree_attention: tree passes
+        of grouped-query models fold heads into rows (backend/attention.py); False keeps the model's
+        attention untouched (the bench's stock baseline copy). Modifies `model`."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.batched_linears = batch_linears(model, matmul)  # layers swapped (0: stock model)
         self.matmul_kernel = kernel_of(model)  # "onednn" | "fbgemm" | "torch"
         self.split_linears = split_layers(model)  # FBGEMM layers run as several blocks on the pool
-        self.backend = HFBackend(model)
+        self.backend = HFBackend(model, tree_attention)
         self._drafters: dict[tuple[str, tuple[str, ...]], object] = {}
         self._tuners: dict[tuple[str, tuple[str, ...]], BudgetTuner] = {}
         self._curve: CostCurve | None = None
@@ -70,11 +72,11 @@ class Engine:
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
 
     @classmethod
-    def load(cls, model: str, dtype: torch.dtype, matmul: str = "auto") -> "Engine":
+    def load(cls, model: str, dtype: torch.dtype, matmul: str = "auto", tree_attention: bool = True) -> "Engine":
         from .models import load
 
         m, tok, name = load(model, dtype)
-        return cls(m, tok, name, matmul)
+        return cls(m, tok, name, matmul, tree_attention)
 
     # --- prompts ---------------------------------------------------------------------------
     @property

@@ -16,7 +16,8 @@ Invariants:
     plain step is bit for bit what it was (and what `generate()` computes).
   * `reference_attention` is the slow obvious version (repeat the heads, softmax in fp32), kept to
     test the fast path against.
-  * Installed only on models whose attention is "sdpa" (`install`); the mask functions stay sdpa's.
+  * Installed only on models whose attention is "sdpa" and whose query heads share key/value heads
+    (`install`); the mask functions stay sdpa's. The bench's stock baseline copy does not get it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def tree_sdpa(module, query: Tensor, key: Tensor, value: Tensor, attention_mask:
     folded = query.reshape(b, hkv, g * q, d)  # [B, Hkv, g*q, D]: rows of head j*g+i are i*q..i*q+q-1
     mask = attention_mask.repeat(1, 1, g, 1)  # [B|1, 1, g*q, K]
     out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling)  # [B, Hkv, g*q, D]
-    return out.reshape(b, h, q, d).transpose(1, 2).contiguous(), None  # [B, q, H, D]
+    return out.reshape(b, h, q, value.shape[-1]).transpose(1, 2).contiguous(), None  # [B, q, H, Dv]
 
 
 def reference_attention(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor, scaling: float) -> Tensor:
@@ -58,9 +59,13 @@ def reference_attention(query: Tensor, key: Tensor, value: Tensor, attention_mas
 
 
 def install(model) -> bool:
-    """Use `tree_sdpa` in `model` if its attention is "sdpa"; True when installed."""
-    if getattr(model.config, "_attn_implementation", None) not in ("sdpa", NAME):
+    """Use `tree_sdpa` in `model` if its attention is "sdpa" and it groups query heads; True when installed."""
+    cfg = model.config
+    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", NAME):
         return False
+    heads, kv_heads = getattr(cfg, "num_attention_heads", None), getattr(cfg, "num_key_value_heads", None)
+    if not heads or not kv_heads or kv_heads >= heads:
+        return False  # no groups: transformers' SDPA copies nothing
     AttentionInterface.register(NAME, tree_sdpa)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)

@@ -36,9 +36,10 @@ MAX_PREFIX_LOGITS = 1024  # first_pass returns logits for at most this many last
 
 
 class HFBackend:
-    def __init__(self, model) -> None:
+    def __init__(self, model, tree_attention: bool = True) -> None:
+        """tree_attention: use backend/attention.py's attention for tree passes (modifies `model`'s
+        attention implementation; False keeps the model's own, e.g. for a stock baseline copy)."""
         self.model = model
-        self.tree_attention = attention.install(model)  # False: the model keeps its own attention
         cfg = model.config
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
@@ -55,6 +56,7 @@ class HFBackend:
         else:  # Mistral-style configs: one window for every layer, if any
             self.sliding_window = window if window and getattr(cfg, "use_sliding_window", True) else None
             self._window_everywhere = True
+        self.tree_attention = tree_attention and attention.install(model)  # False: the model's own attention
         self.cache: DynamicCache | None = None
         self.cached = 0  # tokens in the KV cache
         self._scored = 0  # root + nodes appended by the last pass

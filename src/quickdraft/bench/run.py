@@ -183,11 +183,13 @@ def run_bench(args, command: str | None = None) -> dict:
     dtype = getattr(torch, args.dtype)
     engine = Engine.load(model_name, dtype, args.matmul)
     # Baselines are what users would run instead: stock transformers, so when the engine swapped
-    # kernels (backend/matmul.py) they get a second, unmodified copy of the same weights.
-    stock = (Engine.load(model_name, dtype, "torch")
-             if engine.batched_linears and any(m in BASELINES for m in methods) else engine)
+    # kernels (backend/matmul.py) or attention (backend/attention.py) they get a second, unmodified
+    # copy of the same weights.
+    modified = engine.batched_linears or engine.backend.tree_attention
+    stock = (Engine.load(model_name, dtype, "torch", tree_attention=False)
+             if modified and any(m in BASELINES for m in methods) else engine)
     wants_draft = any(needs_draft_model(m) for m in methods)
-    assistant = Engine.load(args.draft_model, dtype, "torch") if wants_draft else None
+    assistant = Engine.load(args.draft_model, dtype, "torch", tree_attention=False) if wants_draft else None
     runners = {}
     for m in methods:
         try:
