@@ -114,8 +114,9 @@ class Engine:
     def cost_curve(self) -> CostCurve:
         """How a pass's cost grows with draft nodes on this machine (measured once, cached on disk)."""
         if self._curve is None:
-            self._curve = engine_curve(self.backend, self.name, variant=f"{self.matmul_kernel}={self.batched_linears}/split={self.split_linears}"
-                                                                     f"/tree-attn={self.backend.tree_attention}")
+            variant = (f"{self.matmul_kernel}={self.batched_linears}/split={self.split_linears}"
+                       f"/tree-attn={self.backend.tree_attention}")
+            self._curve = engine_curve(self.backend, self.name, variant=variant)
         return self._curve
 
     def tuner(self, method: str, settings: list[str] | None = None) -> BudgetTuner | None:

@@ -38,9 +38,11 @@ def tree_sdpa(module, query: Tensor, key: Tensor, value: Tensor, attention_mask:
     b, h, q, d = query.shape
     hkv = key.shape[1]
     g = h // hkv
-    if (q == 1 or g == 1 or key.shape[2] == q or attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[1] != 1
-            or dropout or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None
-            or kwargs.get("output_attentions", False)):
+    plain = q == 1 or key.shape[2] == q or g == 1  # one query, a prefill, or no groups
+    per_head_mask = attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[1] != 1
+    unusual = dropout or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None \
+        or kwargs.get("output_attentions", False)
+    if plain or per_head_mask or unusual:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     folded = query.reshape(b, hkv, g * q, d)  # [B, Hkv, g*q, D]: rows of head j*g+i are i*q..i*q+q-1
