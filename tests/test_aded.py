@@ -107,7 +107,8 @@ def test_drafter_tree_is_the_most_probable_for_every_budget():
         assert draft.size == min(budget, full.size)
         assert draft.tokens.tolist() == full.tokens.tolist()[:budget]
         assert draft.parents.tolist() == full.parents.tolist()[:budget]
-        _, _, probs = best_first(d.successors, seq[-2], seq[-1], budget, 4)
+        toks, pars, probs = best_first(d.successors, seq[-2], seq[-1], budget, 4)
+        assert (draft.tokens.tolist(), draft.parents.tolist()) == (toks, pars), "the draft is the search's tree"
         ref = best_first_reference(d.successors, seq[-2], seq[-1], budget, 4)
         assert probs == pytest.approx([p for p, _ in ref])
     assert full.size == 64

@@ -145,8 +145,9 @@ def test_goose_tree_equals_reference_best_first():
         assert len(set(paths)) == len(paths), "no path proposed twice"
         ref = build_reference(0, -1, spine, kind, succ, rates.get, budget, depth, width)
         assert sorted(round(v, 9) for v in values) == sorted(v for _, v in ref), f"trial {trial}"
-        every = {p for p, _ in build_reference(0, -1, spine, kind, succ, rates.get, 10**6, depth, width)}
-        assert set(paths) <= every, "every drafted path is a candidate of the slow enumeration"
+        every = dict(build_reference(0, -1, spine, kind, succ, rates.get, 10**6, depth, width))  # path -> value (9 decimals)
+        assert set(paths) <= set(every), "every drafted path is a candidate of the slow enumeration"
+        assert [every[p] for p in paths] == pytest.approx(values, abs=1e-9), "each path has its own value, not a sibling's"
 
 
 def test_goose_learns_rates_and_table():

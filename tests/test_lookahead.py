@@ -68,6 +68,12 @@ def test_tree_matches_reference_paths_and_keeps_the_trie_first():
             for lev, row in enumerate(lay):
                 for m, node in enumerate(row):
                     assert toks[node] == levels[lev][m]
+            # the split: window tokens that collide with nothing -> trie nodes first, the rest in diagonals
+            d, lay = build_tree(paths, distinct_window(n_lev, width), width, budget // 2, budget)
+            t = d.size - n_lev * len(lay[0])
+            assert t == min(trie.size, budget // 2), "the trie fills its share of the budget"
+            assert len(lay[0]) == min(width, (budget - t) // n_lev), "the window takes what is left"
+            assert node_paths(Draft(d.tokens[:t], d.parents[:t])) <= node_paths(trie), "trie nodes come first"
 
 
 def test_pool_collects_diagonals_and_window_shifts():

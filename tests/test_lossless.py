@@ -156,7 +156,7 @@ def test_eos_and_max_new_tokens_cut_exactly():
     ref = reference_greedy(model, prompt, 25)
     eos = ref[12]
     ref_eos = ref[: ref.index(eos) + 1]
-    for name in ("ar", "pld", "recycling"):
+    for name in drafters.names():
         d = drafters.create(name, [], vocab_size=VOCAB)
         dec = Decoder(HFBackend(model), d, eos_ids=[eos])
         g = dec.generate(prompt, SamplingParams(max_new_tokens=25), d.default_budget())
@@ -170,8 +170,27 @@ def test_drafts_stop_at_the_context_limit():
     model.config.max_position_embeddings = 40
     prompt = prompts(1)[1]
     ref = reference_greedy(model, prompt, 40 - len(prompt))
-    for name in ("ar", "pld", "recycling"):
+    for name in drafters.names():
         d = drafters.create(name, [], vocab_size=VOCAB)
         g = run(model, d, prompt, budget=d.default_budget(), max_new=100)
         assert g.tokens == ref and g.finish_reason == "context" and len(prompt) + len(g.tokens) == 40
     model.config.max_position_embeddings = 512
+
+
+@pytest.mark.parametrize("name", [n for n in drafters.names() if n != "ar"])
+def test_sampled_output_equals_ar_with_drafts_accepted(name):
+    """Sampling (per-position Gumbel noise, the point-mass rule for deterministic drafts): with the
+    same seed every drafter gives ar's tokens, and drafts do get accepted, so the trees are verified
+    under sampling and not only plain steps."""
+    model = tiny_model("gemma3", seed=1)
+    accepted = 0
+    for params in (SamplingParams(temperature=1.0, max_new_tokens=30, seed=0),
+                   SamplingParams(temperature=0.8, top_k=20, top_p=0.9, max_new_tokens=30, seed=5)):
+        d = drafters.create(name, [], vocab_size=VOCAB)
+        for prompt in prompts(2)[:3]:
+            ar = Decoder(HFBackend(model), drafters.create("ar"), eos_ids=[]).generate(prompt, params, 0).tokens
+            for budget in (4, d.default_budget()):
+                g = Decoder(HFBackend(model), d, eos_ids=[]).generate(prompt, params, budget)
+                assert g.tokens == ar, f"{name} budget {budget} {params}"
+                accepted += sum(g.stats.accepted_lengths) - g.stats.steps
+    assert accepted > 10, f"{name} got {accepted} draft tokens accepted: the test would not exercise trees"

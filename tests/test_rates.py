@@ -148,3 +148,4 @@ def test_every_valued_drafter_is_cut_per_step_and_stays_lossless(engine, tmp_pat
         out = engine.generate(prompt, name, params, chat=False).generation
         assert out.tokens == ar.tokens
     assert any(kept < offered for offered, kept in cuts), f"{name}: no draft was cut"
+    assert any(0 < kept < offered for offered, kept in cuts), f"{name}: drafts only cut to nothing (plain steps)"

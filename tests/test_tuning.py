@@ -172,6 +172,7 @@ def test_exploration_is_paid_from_a_small_share_of_the_time():
         path = path[:next((j for j, node in enumerate(path) if node != j), len(path))]  # a chain's prefix
         t.clock.observe(b, STAIRS.cost(b) * STAIRS.t1_s)
         t.update(b, b, len(path) + 1, 0.0, path=path)
+        assert t.best() == best_budget_reference(t), "with the counterfactual updates of smaller budgets"
     assert 0 < extra <= allowed + 1e-9, "exploration overhead bounded by its share of the time"
     assert extra > 0.5 * allowed, "and it does explore"
 
@@ -191,6 +192,14 @@ def test_trim_keeps_the_prefix_that_pays_and_matches_the_reference():
         n = rng.randrange(1, 40)
         v = sorted((rng.random() ** rng.choice([1, 3, 8]) for _ in range(n)), reverse=rng.random() < 0.7)
         assert t.trim(torch.tensor(v)) == tuning.trim_reference(CURVE, v)
+    for n, ratio in ((0, 1.0), (2, 1.4), (6, 1.3), (12, 2.5), (30, 2.0)):  # a clock that learnt other costs
+        for _ in range(5):
+            t.clock.observe(n, ratio * CURVE.t1_s)
+    for _ in range(300):
+        n = rng.randrange(1, 40)
+        v = sorted((rng.random() ** rng.choice([1, 3, 8]) for _ in range(n)), reverse=rng.random() < 0.7)
+        assert t.trim(torch.tensor(v)) == tuning.trim_reference(t.clock, v), "the learnt costs, not the curve"
+    t = BudgetTuner(CURVE, cap=64, start=8)
     assert t.trim(torch.tensor([0.02] * 8)) == 0, "unlikely nodes: a plain step pays more"
     assert t.trim(torch.tensor([0.95 ** i for i in range(1, 33)])) == 32, "a confident spine is kept whole"
     # (1 + 0.3) / 1.12 beats 1.0; each further node adds less than its share of the cost
