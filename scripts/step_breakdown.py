@@ -17,6 +17,7 @@ import time
 import torch
 
 from quickdraft.bench.data import load_questions, select
+from quickdraft.bench.run import Conversation
 from quickdraft.drafters import split_budget
 from quickdraft.engine import Engine
 from quickdraft.types import SamplingParams
@@ -32,6 +33,10 @@ engine = Engine.load(model, torch.bfloat16)
 questions = select(load_questions(), per_category=per)
 params = SamplingParams(max_new_tokens=128)
 spent: dict[str, float] = collections.defaultdict(float)  # seconds per wrapped call, this generation
+
+
+def prompt_of(q) -> list[int]:
+    return Conversation(engine).prompt(q.turns[0])  # the bench's first-turn prompt (chat template or raw)
 
 
 def timed(obj, name: str) -> None:
@@ -54,11 +59,6 @@ def timed(obj, name: str) -> None:
 for name in ("first_pass", "score", "commit"):
     timed(engine.backend, name)
 
-
-def prompt_of(q) -> list[int]:
-    if engine.has_chat_template:
-        return engine.encode_turns([{"role": "user", "content": q.turns[0]}])
-    return engine.encode(q.turns[0], chat=False)
 
 
 for label, (method, settings) in specs.items():  # warm-up, and the wrappers on each drafter/tuner

@@ -187,19 +187,16 @@ def test_plain_steps_probe_rarely_when_passes_are_expensive():
 
 def test_trim_keeps_the_prefix_that_pays_and_matches_the_reference():
     t = BudgetTuner(CURVE, cap=64, start=8)
-    rng = random.Random(3)
-    for _ in range(300):
-        n = rng.randrange(1, 40)
-        v = sorted((rng.random() ** rng.choice([1, 3, 8]) for _ in range(n)), reverse=rng.random() < 0.7)
-        assert t.trim(torch.tensor(v)) == tuning.trim_reference(CURVE, v)
+    learnt = BudgetTuner(CURVE, cap=64, start=8)
     for n, ratio in ((0, 1.0), (2, 1.4), (6, 1.3), (12, 2.5), (30, 2.0)):  # a clock that learnt other costs
         for _ in range(5):
-            t.clock.observe(n, ratio * CURVE.t1_s)
-    for _ in range(300):
-        n = rng.randrange(1, 40)
-        v = sorted((rng.random() ** rng.choice([1, 3, 8]) for _ in range(n)), reverse=rng.random() < 0.7)
-        assert t.trim(torch.tensor(v)) == tuning.trim_reference(t.clock, v), "the learnt costs, not the curve"
-    t = BudgetTuner(CURVE, cap=64, start=8)
+            learnt.clock.observe(n, ratio * CURVE.t1_s)
+    rng = random.Random(3)
+    for tuner, costs in ((t, CURVE), (learnt, learnt.clock)):  # the start-up curve, then the learnt costs
+        for _ in range(300):
+            n = rng.randrange(1, 40)
+            v = sorted((rng.random() ** rng.choice([1, 3, 8]) for _ in range(n)), reverse=rng.random() < 0.7)
+            assert tuner.trim(torch.tensor(v)) == tuning.trim_reference(costs, v)
     assert t.trim(torch.tensor([0.02] * 8)) == 0, "unlikely nodes: a plain step pays more"
     assert t.trim(torch.tensor([0.95 ** i for i in range(1, 33)])) == 32, "a confident spine is kept whole"
     # (1 + 0.3) / 1.12 beats 1.0; each further node adds less than its share of the cost

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="plain decoding vs the best method on a sample prompt, with speeds")
     _add_model_args(d)
-    d.add_argument("--method", default="goose", help="method to compare with ar (default goose, the fastest drafter in the bench runs)")
+    d.add_argument("--method", default="goose", help="method to compare with ar (default goose; which drafter is fastest depends on the CPU: README, Measured here)")
     d.add_argument("--max-new-tokens", type=int, default=128)
 
     b = sub.add_parser("bench", help="Spec-Bench: every method against plain decoding and the usual baselines",
