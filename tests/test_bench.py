@@ -57,6 +57,21 @@ def test_report_arithmetic_on_synthetic_records():
     assert agg["categories"] == ["A", "B"]
 
 
+def test_report_compares_engine_methods_with_each_other_baseline():
+    # h, a baseline like transformers' generate: q1 (A) 40 tok/s, q2 (B) 10 tok/s
+    rs = synthetic() + [rec(1, "A", 0, "h", 10, 0.25), rec(1, "A", 1, "h", 10, 0.25), rec(2, "B", 0, "h", 20, 2.0)]
+    agg = rep.aggregate(rs, ["ar", "x", "h"], "ar", others=["h"])
+    assert set(agg["against"]) == {"h"} and set(agg["against"]["h"]) == {"ar", "x"}  # baselines are not compared
+    x = agg["against"]["h"]["x"]
+    # x: q1 20 tok/s, q2 10 -> ratios 0.5 and 1.0 over h; q3 failed for x, q4 has no h
+    assert x["n"] == 2 and x["speedup"] == pytest.approx((0.5 + 1.0) / 2)
+    assert x["speedup_of_means"] == pytest.approx(15 / 25)
+    assert x["lowest"] == ["A", pytest.approx(0.5)]
+    ar = agg["against"]["h"]["ar"]  # ar: q1 10, q2 20 -> 0.25 and 2.0
+    assert ar["speedup"] == pytest.approx(1.125) and ar["lowest"] == ["A", pytest.approx(0.25)]
+    assert rep.aggregate(rs, ["ar", "x", "h"], "ar")["against"] == {}  # nothing to compare with
+
+
 def test_report_counts_a_later_failed_turn_against_the_whole_question():
     rs = [rec(1, "A", 0, "ar", 10, 1.0), rec(1, "A", 1, "ar", 10, 1.0), rec(1, "A", 0, "x", 10, 0.5)]
     rs.append(rec(1, "A", 1, "x", 0, 0, error="skipped: an earlier turn failed (boom)"))
@@ -225,6 +240,20 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, capsys, tiny_folder, monkeyp
     assert engine.model.config._attn_implementation == attention.NAME
     assert stock is not engine and stock.model.config._attn_implementation == "sdpa"
     assert assistant.model.config._attn_implementation == "sdpa"
+    # each engine method against each other baseline
+    assert set(report["against"]) == {"hf", "hf-pld", "hf-assisted"} and set(report["against"]["hf"]) == {"ar", "pld", "recycling"}
+    assert "## Against hf-pld" in md
+    # --report-from recomputes every figure from the records, measuring nothing
+    (out / "report.md").unlink()
+    (out / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k not in ("methods", "against")}
+                                                | {"methods": {m: {} for m in report["methods"]}}))
+    assert main(["bench", "--report-from", str(out)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    for m in methods:
+        for k in ("speedup", "tokens_per_s", "mean_accepted", "exact_match", "n", "errors"):
+            assert again["methods"][m]["overall"][k] == o[m]["overall"][k], (m, k)
+    assert again["against"] == report["against"] and again["pass_costs"] == report["pass_costs"]
+    assert (out / "report.md").read_text().split("## Overall")[1] == md.split("## Overall")[1]
 
 
 def test_profile_verify_on_a_tiny_model(tmp_path, capsys, tiny_folder):
@@ -306,6 +335,17 @@ def test_weight_bytes_reads_one_row_of_an_untied_input_embedding(llama):
     total = sum(p.numel() * 4 for p in llama.parameters())
     emb = llama.get_input_embeddings().weight
     assert weight_bytes(llama) == total - (emb.shape[0] - 1) * emb.shape[1] * 4
+
+
+def test_report_from_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    code = main(["bench", "--report-from", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "report.json not found" in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "report.json").write_text("{broken")
+    (tmp_path / "records.jsonl").write_text("")
+    code = main(["bench", "--report-from", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "readable bench run" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_bench_bad_model_and_out_are_one_line(tmp_path, capsys, tiny_folder):

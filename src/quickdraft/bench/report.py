@@ -89,8 +89,10 @@ def _stats(method: str, baseline: str, units: list[dict[str, list[dict]]], limit
 
 
 def aggregate(records: list[dict], methods: list[str], baseline: str = "ar",
-              bandwidth_gbps: float | None = None, weight_bytes: dict[str, int] | None = None) -> dict:
-    """{"methods": {method: {"overall": stats, category: stats, ...}}, "categories": [...]}."""
+              bandwidth_gbps: float | None = None, weight_bytes: dict[str, int] | None = None,
+              others: list[str] = ()) -> dict:
+    """{"methods": {method: {"overall": stats, category: stats, ...}}, "categories": [...],
+    "against": {other baseline: {method: comparison}}} (others: the baselines besides `baseline`)."""
     grouped = units(records)
     cats = list(dict.fromkeys(r["category"] for r in records))
     by_cat = defaultdict(list)
@@ -106,7 +108,18 @@ def aggregate(records: list[dict], methods: list[str], baseline: str = "ar",
         for c in cats:
             per[c] = _stats(m, baseline, by_cat[c], limit)
         out["methods"][m] = per
+    mine = [m for m in methods if m not in others]
+    out["against"] = {b: {m: _against(m, b, grouped, by_cat, cats) for m in mine} for b in others if b in methods}
     return out
+
+
+def _against(method: str, other: str, grouped: dict, by_cat: dict, cats: list[str]) -> dict:
+    """method over another baseline: {"speedup", "speedup_of_means", "lowest": [category, speedup]}."""
+    s = _stats(method, other, list(grouped.values()), None)
+    per = [(c, _stats(method, other, by_cat[c], None)["speedup"]) for c in cats]
+    per = [(c, x) for c, x in per if x is not None]
+    return {"speedup": s["speedup"], "speedup_of_means": s["speedup_of_means"], "n": s["n"],
+            "lowest": list(min(per, key=lambda cx: cx[1])) if per else None}
 
 
 def _f(x, fmt: str = "{:.2f}") -> str:
@@ -169,6 +182,14 @@ def markdown(report: dict) -> str:
         lines += ["", f"## {title}", "", "| category | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for c in report["categories"]:
             lines.append(f"| {c} | " + " | ".join(_f(meth[m][c][key], fmt) for m in names) + " |")
+    for b, rows in (report.get("against") or {}).items():
+        lines += ["", f"## Against {b}", "",
+                  f"Each engine method over `{b}` by the same rule (per question, then averaged, on the questions "
+                  "both completed); the lowest category in brackets.", "",
+                  "| method | speedup | ratio of means | lowest category | questions |", "|---|---|---|---|---|"]
+        for m, a in rows.items():
+            low = f"{_f(a['lowest'][1], '{:.2f}x')} ({a['lowest'][0]})" if a.get("lowest") else "–"
+            lines.append(f"| {m} | {_f(a['speedup'], '{:.2f}x')} | {_f(a['speedup_of_means'], '{:.2f}x')} | {low} | {a['n']} |")
     tuned = [m for m in names if meth[m][OVERALL].get("budget_median") is not None
              and any(meth[m][g].get("budget_median") for g in [OVERALL, *report["categories"]])]
     if tuned:

@@ -27,6 +27,11 @@ from .runners import BASELINES, make_runner, needs_draft_model, unavailable
 BASELINE = "ar"
 
 
+def _baselines(methods: list[str]) -> list[str]:
+    """The methods that are baselines from BASELINES (what users would run instead), in order."""
+    return [m for m in methods if m in BASELINES]
+
+
 def parse_methods(text: str, draft_model: str | None) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
@@ -273,7 +278,7 @@ def run_bench(args, command: str | None = None) -> dict:
         diverged = {}
         print(f"quickdraft: bench: divergence analysis failed ({_error_text(e)})", file=sys.stderr)
     bw = machine["memory_bandwidth"]["read_gbps"]
-    agg = rep.aggregate(records, methods, BASELINE, bandwidth_gbps=bw, weight_bytes=wbytes)
+    agg = rep.aggregate(records, methods, BASELINE, bandwidth_gbps=bw, weight_bytes=wbytes, others=_baselines(methods))
     notes = list(dict.fromkeys(BASELINES[m].note for m in methods if m in BASELINES and BASELINES[m].note))
     if not engine.has_chat_template:
         notes.append(f"{engine.name} has no chat template: turns are joined as raw text.")
@@ -291,17 +296,50 @@ def run_bench(args, command: str | None = None) -> dict:
         "pass_costs": engine.pass_costs(),
         **agg,
     }
+    return write_report(out, report)
+
+
+def write_report(out: Path, report: dict) -> dict:
+    """Write report.json, report.md and speedup.png to out; print the overall table; return the summary."""
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(rep.markdown(report), encoding="utf-8")
     rep.plot_speedup(report, out / "speedup.png")
-    summary = {"model": engine.name, "dtype": args.dtype, "out": str(out), "questions": len(questions),
+    methods = list(report["methods"])
+    summary = {"model": report["model"], "dtype": report["dtype"], "out": str(out), "questions": report["questions"],
                "duration_s": report["duration_s"],
                "methods": {m: {k: report["methods"][m][rep.OVERALL][k]
                                for k in ("tokens_per_s", "speedup", "mean_accepted", "exact_match", "errors")}
                            for m in methods},
-               "skipped": sorted(skipped)}
+               "skipped": sorted(report.get("skipped") or {})}
     print(rep.markdown(report).split("## Speedup per category")[0].rstrip(), file=sys.stderr)
     return summary
+
+
+def rebuild_report(folder: str) -> dict:
+    """Recompute an earlier run's figures from its records.jsonl with this version's report code.
+
+    The run's facts (command, machine, pass costs, divergences) come from its report.json; every
+    figure derived from the records is computed again, so a report written before a new section
+    existed gains it. Nothing is re-measured.
+    """
+    out = Path(folder)
+    files = {name: out / name for name in ("report.json", "records.jsonl")}
+    for f in files.values():
+        if not f.is_file():
+            raise QuickdraftError(f"{f} not found; --report-from needs a folder written by quickdraft bench")
+    try:
+        old = json.loads(files["report.json"].read_text(encoding="utf-8"))
+        records = [json.loads(x) for x in files["records.jsonl"].read_text(encoding="utf-8").splitlines() if x.strip()]
+        methods = list(old["methods"])
+        bw = old["machine"]["memory_bandwidth"]["read_gbps"]
+        limits = old.get("limits_tokens_per_s") or {}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise QuickdraftError(f"{out} does not hold a readable bench run ({type(e).__name__}: {e}); "
+                              "rerun quickdraft bench") from None
+    wbytes = {m: bw * 1e9 / limits[m] if limits.get(m) else old["weight_bytes"] for m in methods}
+    agg = rep.aggregate(records, methods, old.get("baseline", BASELINE), bandwidth_gbps=bw, weight_bytes=wbytes,
+                        others=_baselines(methods))
+    return write_report(out, {**old, **agg, "error_samples": rep.error_samples(records)})
 
 
 def profile_verify(args) -> dict:
