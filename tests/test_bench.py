@@ -346,6 +346,13 @@ def test_report_from_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
     code = main(["bench", "--report-from", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "readable bench run" in err and len(err.strip().splitlines()) == 1, err
+    # a readable report.json beside records that lack their fields
+    (tmp_path / "report.json").write_text(json.dumps({"methods": {"ar": {}}, "weight_bytes": 1,
+                                                      "machine": {"memory_bandwidth": {"read_gbps": 1.0}}}))
+    (tmp_path / "records.jsonl").write_text('{"method": "ar"}\n')
+    code = main(["bench", "--report-from", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "readable bench run" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_bench_bad_model_and_out_are_one_line(tmp_path, capsys, tiny_folder):

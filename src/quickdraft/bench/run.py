@@ -279,7 +279,7 @@ def run_bench(args, command: str | None = None) -> dict:
         print(f"quickdraft: bench: divergence analysis failed ({_error_text(e)})", file=sys.stderr)
     bw = machine["memory_bandwidth"]["read_gbps"]
     agg = rep.aggregate(records, methods, BASELINE, bandwidth_gbps=bw, weight_bytes=wbytes, others=_baselines(methods))
-    notes = list(dict.fromkeys(BASELINES[m].note for m in methods if m in BASELINES and BASELINES[m].note))
+    notes = list(dict.fromkeys(BASELINES[m].note for m in _baselines(methods) if BASELINES[m].note))
     if not engine.has_chat_template:
         notes.append(f"{engine.name} has no chat template: turns are joined as raw text.")
     report = {
@@ -333,13 +333,14 @@ def rebuild_report(folder: str) -> dict:
         methods = list(old["methods"])
         bw = old["machine"]["memory_bandwidth"]["read_gbps"]
         limits = old.get("limits_tokens_per_s") or {}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        wbytes = {m: bw * 1e9 / limits[m] if limits.get(m) else old["weight_bytes"] for m in methods}
+        agg = rep.aggregate(records, methods, old.get("baseline", BASELINE), bandwidth_gbps=bw, weight_bytes=wbytes,
+                            others=_baselines(methods))
+        errors = rep.error_samples(records)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError) as e:
         raise QuickdraftError(f"{out} does not hold a readable bench run ({type(e).__name__}: {e}); "
                               "rerun quickdraft bench") from None
-    wbytes = {m: bw * 1e9 / limits[m] if limits.get(m) else old["weight_bytes"] for m in methods}
-    agg = rep.aggregate(records, methods, old.get("baseline", BASELINE), bandwidth_gbps=bw, weight_bytes=wbytes,
-                        others=_baselines(methods))
-    return write_report(out, {**old, **agg, "error_samples": rep.error_samples(records)})
+    return write_report(out, {**old, **agg, "error_samples": errors})
 
 
 def profile_verify(args) -> dict:
