@@ -60,7 +60,6 @@ for name in ("first_pass", "score", "commit"):
     timed(engine.backend, name)
 
 
-
 for label, (method, settings) in specs.items():  # warm-up, and the wrappers on each drafter/tuner
     engine.generate_ids(prompt_of(questions[0]), method, params, settings=settings)
     timed(engine.drafter(method, settings), "propose")

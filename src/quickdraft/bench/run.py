@@ -301,8 +301,9 @@ def run_bench(args, command: str | None = None) -> dict:
 
 def write_report(out: Path, report: dict) -> dict:
     """Write report.json, report.md and speedup.png to out; print the overall table; return the summary."""
+    md = rep.markdown(report)
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(rep.markdown(report), encoding="utf-8")
+    (out / "report.md").write_text(md, encoding="utf-8")
     rep.plot_speedup(report, out / "speedup.png")
     methods = list(report["methods"])
     summary = {"model": report["model"], "dtype": report["dtype"], "out": str(out), "questions": report["questions"],
@@ -311,7 +312,7 @@ def write_report(out: Path, report: dict) -> dict:
                                for k in ("tokens_per_s", "speedup", "mean_accepted", "exact_match", "errors")}
                            for m in methods},
                "skipped": sorted(report.get("skipped") or {})}
-    print(rep.markdown(report).split("## Speedup per category")[0].rstrip(), file=sys.stderr)
+    print(md.split("## Speedup per category")[0].rstrip(), file=sys.stderr)
     return summary
 
 
