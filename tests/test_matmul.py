@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quickdraft.backend import matmul
-from quickdraft.backend.matmul import (PrepackedLinear, RowBatchedLinear, batch_linears, choose_kernel, fp16_exact,
+from quickdraft.backend.matmul import (FusedPart, PrepackedLinear, RowBatchedLinear, batch_linears, choose_kernel, fp16_exact,
                                        kernel_of, reference_forward, same_bits)
 from quickdraft.engine import Engine
 from quickdraft.errors import QuickdraftError
@@ -234,7 +234,7 @@ def test_a_shape_whose_bits_differ_keeps_the_stock_module(monkeypatch):
                         lambda stock, new, rows=(1, 5): (stock.in_features, stock.out_features) != lm_head_shape)
     n = batch_linears(model, "onednn")
     assert type(model.lm_head) is nn.Linear
-    assert n == sum(isinstance(m, PrepackedLinear) for m in model.modules()) > 0
+    assert n == sum(isinstance(m, (PrepackedLinear, FusedPart)) for m in model.modules()) > 0
 
 
 def test_same_bits_rejects_a_different_kernel():
@@ -290,3 +290,42 @@ def test_drafters_lossless_on_a_prepacked_bf16_model():
     sure = int((top2.values[:, 0] - top2.values[:, 1]).argmax())
     wrong = ref[:sure] + [int(top2.indices[sure, 1])] + ref[sure + 1:]
     assert not diverges_only_at_a_near_tie(engine.model, prompt, ref, wrong)
+
+
+@needs_same_bits
+def test_fused_parts_give_each_layers_bits_in_any_call_order():
+    torch.manual_seed(4)
+    stocks = [nn.Linear(96, 161, bias=True), nn.Linear(96, 32, bias=False), nn.Linear(96, 40, bias=True)]
+    stocks = [s.to(torch.bfloat16) for s in stocks]
+    product = matmul.FusedProduct(stocks)
+    parts = [FusedPart(s, product, i) for i, s in enumerate(stocks)]
+    assert matmul.fused_same_bits(stocks, parts, rows=(1, 2, 7, 16))
+    for shape in SHAPES:
+        x, other = torch.randn(shape).to(torch.bfloat16), torch.randn(shape).to(torch.bfloat16)
+        for order in ([0, 1, 2], [2, 0, 1], [1, 1, 0, 2]):
+            for i in order:
+                y = parts[i](x)
+                assert y.is_contiguous() and torch.equal(y, F.linear(x, stocks[i].weight, stocks[i].bias))
+                # another input between two parts' calls: recomputed, never a stale product
+                assert torch.equal(parts[i](other), F.linear(other, stocks[i].weight, stocks[i].bias))
+        for p in parts:  # once every part has taken its columns the product is dropped
+            p(x)
+        assert product._y is None and product._x is None
+
+
+@needs_same_bits
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
+def test_fused_model_is_the_stock_model_bit_for_bit(kind):
+    stock = tiny_model(kind, seed=5).to(torch.bfloat16)
+    model = tiny_model(kind, seed=5).to(torch.bfloat16)
+    layers = model.config.num_hidden_layers
+    n_linear = sum(type(m) is nn.Linear for m in model.modules())
+    keys = set(model.state_dict())
+    assert batch_linears(model, "onednn") == n_linear and kernel_of(model) == "onednn"
+    assert sum(isinstance(m, FusedPart) for m in model.modules()) == 5 * layers  # q/k/v + gate/up per block
+    assert set(model.state_dict()) == keys  # packed copies are not state
+    ids = torch.randint(3, model.config.vocab_size, (1, 23))
+    with torch.inference_mode():
+        for rows in (23, 1, 6):
+            assert torch.equal(model(ids[:, :rows]).logits, stock(ids[:, :rows]).logits)
+    check_tree_pass(model, prefix_len=9, n=12, seed=3, atol=0.15, rtol=0.05)

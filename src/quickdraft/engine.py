@@ -14,7 +14,7 @@ import torch
 
 from . import drafters
 from .backend import HFBackend
-from .backend.matmul import batch_linears, kernel_of, split_layers
+from .backend.matmul import batch_linears, fused_layers, kernel_of, split_layers
 from .decoder import Decoder, Generation
 from .errors import QuickdraftError
 from .tuning import BudgetTuner, CostCurve, PassClock, engine_curve
@@ -61,6 +61,7 @@ class Engine:
         self.batched_linears = batch_linears(model, matmul)  # layers swapped (0: stock model)
         self.matmul_kernel = kernel_of(model)  # "onednn" | "fbgemm" | "torch"
         self.split_linears = split_layers(model)  # FBGEMM layers run as several blocks on the pool
+        self.fused_linears = fused_layers(model)  # oneDNN layers run as parts of one product (q/k/v, gate/up)
         self.backend = HFBackend(model, tree_attention)
         self._drafters: dict[tuple[str, tuple[str, ...]], object] = {}
         self._tuners: dict[tuple[str, tuple[str, ...]], BudgetTuner] = {}
@@ -114,7 +115,8 @@ class Engine:
     def cost_curve(self) -> CostCurve:
         """How a pass's cost grows with draft nodes on this machine (measured once, cached on disk)."""
         if self._curve is None:
-            variant = (f"{self.matmul_kernel}={self.batched_linears}/split={self.split_linears}"
+            fused = f"/fused={self.fused_linears}" if self.fused_linears else ""  # older caches: no such part
+            variant = (f"{self.matmul_kernel}={self.batched_linears}/split={self.split_linears}{fused}"
                        f"/tree-attn={self.backend.tree_attention}")
             self._curve = engine_curve(self.backend, self.name, variant=variant)
         return self._curve

@@ -130,7 +130,8 @@ def _kernels(mm: dict | None) -> str:
     if not mm or not mm.get("batched_linears"):
         return "torch's own kernels for every method"
     if mm.get("kernel") == "onednn":
-        return (f"the engine's methods run {mm['batched_linears']} linear layers on oneDNN prepacked bf16 weights "
+        fused = f", {mm['fused_linears']} of them fused in q/k/v and gate/up products" if mm.get("fused_linears") else ""
+        return (f"the engine's methods run {mm['batched_linears']} linear layers on oneDNN prepacked bf16 weights{fused} "
                 f"(same output bits as torch's; --matmul {mm.get('mode')}); baselines run stock transformers")
     return (f"the engine's methods run {mm['batched_linears']} linear layers through FBGEMM's fp16-weight GEMM "
             f"when a pass has several rows (--matmul {mm.get('mode')}); baselines run stock transformers")

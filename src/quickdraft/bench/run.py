@@ -285,7 +285,7 @@ def run_bench(args, command: str | None = None) -> dict:
     report = {
         "model": engine.name, "dtype": args.dtype, "baseline": BASELINE,
         "matmul": {"mode": args.matmul, "batched_linears": engine.batched_linears,
-                   "kernel": engine.matmul_kernel},
+                   "kernel": engine.matmul_kernel, "fused_linears": engine.fused_linears},
         "command": command or "quickdraft bench", "started": started,
         "duration_s": round(time.perf_counter() - t_start, 1),
         "data": str(data) if args.data else "Spec-Bench question.jsonl (bundled)",
