@@ -39,6 +39,7 @@ from . import register
 from .base import BaseDrafter
 from .pld import NgramIndex
 from .rates import NodeRates, bin_prior, score_bin  # table successors' softmax score -> bin 0..4
+from .topk import topk_rows
 
 
 class ContextMatcher(NgramIndex):
@@ -278,15 +279,15 @@ class Goose(BaseDrafter):
         """Rows for tokens [m] (previous tokens `before`, -1 unknown) from logits [m, V]."""
         if tokens.numel() == 0:
             return
-        top = torch.topk(logits, self.k, dim=-1)  # on the logits' own dtype: no [m, V] float copy
-        probs = torch.softmax(top.values.float(), dim=-1)  # [m, k]
-        self.uni_tok[tokens] = top.indices
+        values, indices = topk_rows(logits, self.k)  # [m, k] each, on the logits' own dtype: no [m, V] float copy
+        probs = torch.softmax(values.float(), dim=-1)  # [m, k]
+        self.uni_tok[tokens] = indices
         self.uni_p[tokens] = probs
         self._rows = {}
         if self.config.bigram:
             if len(self.bi) > self.config.bigram_rows:
                 self.bi.clear()
-            idx, ps = top.indices.tolist(), probs.tolist()
+            idx, ps = indices.tolist(), probs.tolist()
             for t, b, i_row, p_row in zip(tokens.tolist(), before, idx, ps):
                 if b >= 0:
                     self.bi[(b, t)] = (i_row, p_row)

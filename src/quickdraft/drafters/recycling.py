@@ -29,6 +29,7 @@ from ..types import Draft, Verdict
 from . import register
 from .base import BaseDrafter
 from .rates import NodeRates, depths
+from .topk import topk_rows
 
 
 def best_first_template(nodes: int, rank_probs: Sequence[float], max_depth: int,
@@ -149,8 +150,7 @@ class TokenRecycling(BaseDrafter):
         """M[tokens] = top-k of logits; tokens [m], logits [m, V]."""
         if tokens.numel() == 0:
             return
-        top = torch.topk(logits, self.k, dim=-1).indices  # [m, k]
-        self.adjacency[tokens] = top
+        self.adjacency[tokens] = topk_rows(logits, self.k)[1]  # [m, k]
 
     def observe_prefill(self, tokens: Tensor, logits: Tensor | None) -> None:
         if logits is not None:
