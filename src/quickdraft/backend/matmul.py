@@ -2,10 +2,11 @@
 
 Two kernels replace `nn.Linear` in bf16 models, chosen by `batch_linears(model, mode)`:
 
-`PrepackedLinear` (CPUs with a native bf16 GEMM: avx512_bf16 or AMX), and `FusedPart`s of a
-`FusedProduct` for sibling layers that read the same input (q/k/v, gate/up: one call per group). torch's `F.linear` on a
-plain bf16 weight makes oneDNN reach the weight in its row-major layout on every call; measured on
-an AMD EPYC with avx512_bf16 it streams Qwen-0.5B's 272 MB LM head at 11 GB/s (25 ms). The same
+`PrepackedLinear` (CPUs with a native bf16 GEMM: avx512_bf16 or AMX; with `FusedPart`s of a
+`FusedProduct` for sibling layers that read the same input, q/k/v and gate/up: one call per group).
+torch's `F.linear` on a plain bf16 weight makes oneDNN reach the weight in its row-major layout on
+every call; measured on an AMD EPYC with avx512_bf16 it streams Qwen-0.5B's 272 MB LM head at
+11 GB/s (25 ms). The same
 oneDNN kernel on a weight reordered once into its blocked layout (`torch.ops.mkldnn`, what
 torch.compile's CPU freezing pass uses) takes 13 ms for one row and 18 ms for 16. Its output is bit
 for bit `F.linear`'s, and each row's output does not depend on the other rows of the pass:
@@ -177,7 +178,8 @@ class FusedProduct:
 
     Each oneDNN call costs tens of microseconds beyond streaming its weight (Qwen-0.5B's 128 x 896
     key projection: 39 us for 0.2 MB, 6 GB/s, in a plain step on an Intel Xeon with AMX), so fusing
-    q/k/v and gate/up saves ~3 ms of a 57 ms step. Invariants:
+    q/k/v and gate/up saves about 2 ms of a 60 ms step there. Copying each part's columns out costs
+    the prefill of a 700-token prompt about 13 ms more (docs/tuning.md). Invariants:
       * A part's output is bit for bit its own `F.linear` (`fused_same_bits`, checked once per
         group shape at load; a group that fails keeps one `PrepackedLinear` per layer).
       * The product is computed when a part is called with an input tensor other than the last one
@@ -243,7 +245,7 @@ def fused_same_bits(stocks: list[nn.Linear], parts: list[FusedPart], rows: tuple
         if not all(torch.equal(w, F.linear(x, s.weight, s.bias)) for w, s in zip(whole, stocks)):
             return False
         for r in rows:
-            xr = x[:r].clone()
+            xr = x[:r]  # another tensor object: the product is computed again
             if not all(torch.equal(p(xr), w[:r]) for p, w in zip(parts, whole)):
                 return False
     return True
@@ -254,16 +256,16 @@ def fuse_groups(model: nn.Module) -> int:
     `FusedPart`s sharing one `FusedProduct`, where the bits check passes; returns layers replaced."""
     checked: dict[tuple, bool] = {}
     replaced = 0
-    for name, parent in list(model.named_modules()):
+    for parent in list(model.modules()):
         for group in FUSE_GROUPS:
             stocks = [getattr(parent, attr, None) for attr in group]
             if not all(type(s) is nn.Linear and s.weight.dtype == torch.bfloat16 for s in stocks):
                 continue
-            if len({s.in_features for s in stocks}) != 1:
+            shape = tuple((s.in_features, s.out_features, s.bias is not None) for s in stocks)
+            if len({s.in_features for s in stocks}) != 1 or checked.get(shape) is False:
                 continue
             product = FusedProduct(stocks)
             parts = [FusedPart(s, product, i) for i, s in enumerate(stocks)]
-            shape = tuple((s.in_features, s.out_features, s.bias is not None) for s in stocks)
             if shape not in checked:
                 checked[shape] = fused_same_bits(stocks, parts)
             if checked[shape]:
