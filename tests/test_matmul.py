@@ -300,6 +300,7 @@ def test_fused_parts_give_each_layers_bits_in_any_call_order():
     product = matmul.FusedProduct(stocks)
     parts = [FusedPart(s, product, i) for i, s in enumerate(stocks)]
     assert matmul.fused_same_bits(stocks, parts, rows=(1, 2, 7, 16))
+    assert not matmul.fused_same_bits(stocks[1:] + stocks[:1], parts)  # parts against the wrong layers
     for shape in SHAPES:
         x, other = torch.randn(shape).to(torch.bfloat16), torch.randn(shape).to(torch.bfloat16)
         for order in ([0, 1, 2], [2, 0, 1], [1, 1, 0, 2]):
