@@ -212,8 +212,12 @@ class FusedProduct:
         y = self._y[..., self.bounds[i]:self.bounds[i + 1]].contiguous()
         self._left -= 1
         if self._left <= 0:
-            self._x = self._y = None
+            self.drop()
         return y
+
+    def drop(self) -> None:
+        """Forget the last input and product (the next call of any part computes it again)."""
+        self._x = self._y = None
 
 
 class FusedPart(nn.Module):
@@ -239,8 +243,8 @@ def fused_same_bits(stocks: list[nn.Linear], parts: list[FusedPart], rows: tuple
     """`same_bits` for each part of a fused group against its stock layer (each call on a new input
     tensor computes the fused product again); the product is dropped afterwards."""
     ok = all(same_bits(s, p, rows) for s, p in zip(stocks, parts))
-    if parts:
-        parts[0].product._x = parts[0].product._y = None
+    for p in parts:
+        p.product.drop()
     return ok
 
 
