@@ -92,7 +92,8 @@ def test_drafts_carry_values_that_follow_the_verdicts(name):
 
 @pytest.mark.parametrize("name", ["goose", "recycling"])
 def test_prompt_harvest_rows_are_bounded(name):
-    assert drafters.create(name, [], vocab_size=32).prefill_logits == 256
+    assert drafters.create(name, [], vocab_size=32).prefill_logits == 256  # before the engine cuts it to fit
+    assert drafters.create(name, [], vocab_size=32).prefill_cost == 0.25
     assert drafters.create(name, ["harvest_rows=8"], vocab_size=32).prefill_logits == 8
     assert drafters.create(name, ["harvest_prompt=false"], vocab_size=32).prefill_logits == 0
     with pytest.raises(QuickdraftError, match="harvest_rows"):

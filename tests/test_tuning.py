@@ -273,3 +273,45 @@ def test_the_engine_shares_one_clock_fed_by_every_pass(engine, tmp_path, monkeyp
     before = clock.plain_count()
     engine.generate("w7 w8 w9 w7 w8", "ar", params)
     assert clock.plain_count() > before, "ar's plain steps time T1 for the tuners"
+
+
+def test_harvest_rows_fit_the_cost_allowed():
+    assert tuning.harvest_rows(256, 1.0, 0.0014, 0.055) == 39  # Qwen-0.5B without AMX: 1.4 ms a row
+    assert tuning.harvest_rows(256, 1.0, 0.0002, 0.055) == 256  # ... cheaper rows: all that were asked for
+    assert tuning.harvest_rows(256, 0.5, 0.0014, 0.055) == 19
+    assert tuning.harvest_rows(256, float("inf"), 0.0014, 0.055) == 256
+    assert tuning.harvest_rows(256, 1.0, 0.0, 0.055) == 256  # a row that costs nothing measurable
+    assert tuning.harvest_rows(256, 0.0, 0.0014, 0.055) == 0
+    assert tuning.harvest_rows(0, 1.0, 0.0014, 0.055) == 0
+
+
+def test_engine_cuts_the_prompt_harvest_to_what_fits(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
+    model, tok, name = load(str(tiny_folder), torch.float32)
+    eng = Engine(model, tok, name)
+    t1 = eng.cost_curve().t1_s
+    eng._harvest_row_s = t1 / 40  # a row costs a 40th of a plain step
+    for method in ("goose", "recycling"):
+        assert eng.drafter(method).prefill_logits == 10  # the default: a quarter of a plain step
+        assert eng.drafter(method, ["harvest_cost=2.5"]).prefill_logits == 100
+        assert eng.drafter(method, ["harvest_cost=inf"]).prefill_logits == 256
+        assert eng.drafter(method, ["harvest_rows=4"]).prefill_logits == 4
+        assert eng.drafter(method, ["harvest_prompt=false"]).prefill_logits == 0
+        with pytest.raises(QuickdraftError, match="harvest_cost"):
+            eng.drafter(method, ["harvest_cost=-1"])
+    assert eng.drafter("pld").prefill_logits == 0
+
+
+def test_harvest_row_cost_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
+    backend = HFBackend(tiny_model("llama"))
+    row_s = tuning.engine_harvest_row_s(backend, "tiny-llama")
+    assert 0 <= row_s < 1
+
+    def boom(*a, **k):
+        raise AssertionError("measured again despite the cache")
+
+    monkeypatch.setattr(tuning, "harvest_row_seconds", boom)
+    assert tuning.engine_harvest_row_s(backend, "tiny-llama") == row_s
+    with pytest.raises(AssertionError):
+        tuning.engine_harvest_row_s(backend, "tiny-llama", variant="other")  # another key: measured

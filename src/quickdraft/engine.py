@@ -2,7 +2,11 @@
 
 This is the edge where text lives: chat templates, detokenization, stop strings and streaming.
 The decoder underneath works on token ids only. Drafters are created once per engine and method,
-so state such as Token Recycling's adjacency matrix carries across requests of one engine.
+so state such as Token Recycling's adjacency matrix carries across requests of one engine. A
+drafter that harvests the prompt's logits (`prefill_logits` rows) gets them cut, at creation, to
+the rows whose LM head and top-k cost at most its `prefill_cost` plain steps on this machine (a
+row's cost and the plain step measured at start, cached): the rows cost ~0.2 ms each with AMX
+and ~1.5 ms without it on Qwen-0.5B (docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from .backend import HFBackend
 from .backend.matmul import batch_linears, fused_layers, kernel_of, split_layers
 from .decoder import Decoder, Generation
 from .errors import QuickdraftError
-from .tuning import BudgetTuner, CostCurve, PassClock, engine_curve
+from .tuning import BudgetTuner, CostCurve, PassClock, engine_curve, engine_harvest_row_s, harvest_rows
 from .types import SamplingParams
 
 
@@ -66,6 +70,7 @@ class Engine:
         self._drafters: dict[tuple[str, tuple[str, ...]], object] = {}
         self._tuners: dict[tuple[str, tuple[str, ...]], BudgetTuner] = {}
         self._curve: CostCurve | None = None
+        self._harvest_row_s: float | None = None
         self._clock: PassClock | None = None  # pass times, learnt from every request once a tuner exists
         eos = getattr(model.generation_config, "eos_token_id", None)
         if eos is None:
@@ -108,18 +113,30 @@ class Engine:
         (budget= included), so two configurations never share what they learn."""
         key = (method, tuple(settings or ()))
         if key not in self._drafters:
-            self._drafters[key] = drafters.create(method, drafters.split_budget(settings)[1],
-                                                  vocab_size=self.backend.vocab_size, tokenizer=self.tokenizer)
+            d = drafters.create(method, drafters.split_budget(settings)[1],
+                                vocab_size=self.backend.vocab_size, tokenizer=self.tokenizer)
+            if d.prefill_logits > 0 and d.prefill_cost != float("inf"):  # the harvest that fits this machine
+                d.prefill_logits = harvest_rows(d.prefill_logits, d.prefill_cost, self.harvest_row_s(),
+                                                self.cost_curve().t1_s)
+            self._drafters[key] = d
         return self._drafters[key]
+
+    def _variant(self) -> str:
+        fused = f"/fused={self.fused_linears}" if self.fused_linears else ""  # older caches: no such part
+        return (f"{self.matmul_kernel}={self.batched_linears}/split={self.split_linears}{fused}"
+                f"/tree-attn={self.backend.tree_attention}")
 
     def cost_curve(self) -> CostCurve:
         """How a pass's cost grows with draft nodes on this machine (measured once, cached on disk)."""
         if self._curve is None:
-            fused = f"/fused={self.fused_linears}" if self.fused_linears else ""  # older caches: no such part
-            variant = (f"{self.matmul_kernel}={self.batched_linears}/split={self.split_linears}{fused}"
-                       f"/tree-attn={self.backend.tree_attention}")
-            self._curve = engine_curve(self.backend, self.name, variant=variant)
+            self._curve = engine_curve(self.backend, self.name, variant=self._variant())
         return self._curve
+
+    def harvest_row_s(self) -> float:
+        """Seconds one more prompt row adds to a drafter's prompt harvest here (measured once, cached)."""
+        if self._harvest_row_s is None:
+            self._harvest_row_s = engine_harvest_row_s(self.backend, self.name, variant=self._variant())
+        return self._harvest_row_s
 
     def tuner(self, method: str, settings: list[str] | None = None) -> BudgetTuner | None:
         """The self-tuner of this drafter (None for a drafter that never drafts)."""

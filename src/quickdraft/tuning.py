@@ -151,15 +151,73 @@ def machine_key() -> str:
     return f"{cpu}|{os.cpu_count()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
 
 
-def engine_curve(backend, model_id: str, context_len: int = 128, repeats: int = 3, variant: str = "") -> CostCurve:
-    """The start-up cost curve for this backend: cached per model, dtype, machine and kernel
-    variant (e.g. how many linear layers are row-batched), else measured."""
+def _cache_path(backend, model_id: str, what: str):
+    """Where a start-up measurement of this backend is cached: per model, dtype, machine, config and
+    `what` (the measurement and its kernel variant)."""
     from .models.store import cache_dir
 
     cfg = getattr(backend.model, "config", None)
     cfg_text = cfg.to_json_string() if hasattr(cfg, "to_json_string") else repr(cfg)
-    key = hashlib.sha256(f"{model_id}|{backend.dtype}|{machine_key()}|{cfg_text}|{context_len}|{variant}".encode()).hexdigest()[:20]
-    path = cache_dir() / "verify_cost" / f"{key}.json"
+    key = hashlib.sha256(f"{model_id}|{backend.dtype}|{machine_key()}|{cfg_text}|{what}".encode()).hexdigest()[:20]
+    return cache_dir() / "verify_cost" / f"{key}.json"
+
+
+def _write_cache(path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only means measuring again next time
+
+
+def harvest_row_seconds(backend, rows: int = 32, repeats: int = 5, k: int = 8) -> float:
+    """Seconds one more prompt row adds to a prompt harvest: the LM head over it and the top-k of
+    its logits (what keeping one more prefix row's logits costs the first pass). Timed on 1 and
+    1 + rows random hidden states, interleaved, medians of `repeats` after one warm-up."""
+    from .drafters.topk import topk_rows
+
+    head = backend.model.get_output_embeddings()
+    dim = int(head.weight.shape[1])
+    g = torch.Generator().manual_seed(0)
+    xs = {m: torch.randn(m, dim, generator=g).to(backend.dtype) for m in (1, 1 + rows)}  # [m, hidden]
+    times: dict[int, list[float]] = {m: [] for m in xs}
+    with torch.inference_mode():
+        for r in range(repeats + 1):
+            for m, x in xs.items():
+                t = time.perf_counter()
+                topk_rows(head(x), k)  # [m, V] logits -> [m, k]
+                if r:
+                    times[m].append(time.perf_counter() - t)
+    return max(0.0, (statistics.median(times[1 + rows]) - statistics.median(times[1])) / rows)
+
+
+def engine_harvest_row_s(backend, model_id: str, variant: str = "") -> float:
+    """`harvest_row_seconds` for this backend, cached like the start-up curve."""
+    path = _cache_path(backend, model_id, f"harvest-row|{variant}")
+    try:
+        return float(json.loads(path.read_text())["row_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    row_s = harvest_row_seconds(backend)
+    _write_cache(path, {"model": model_id, "dtype": str(backend.dtype), "machine": machine_key(), "variant": variant,
+                        "row_s": row_s})
+    return row_s
+
+
+def harvest_rows(wanted: int, max_cost: float, row_s: float, t1_s: float) -> int:
+    """Prompt rows a harvest keeps: at most `wanted`, and only as many as cost at most `max_cost`
+    plain steps of t1_s seconds at row_s seconds a row (inf or a free row: `wanted`)."""
+    if wanted <= 0 or max_cost == float("inf") or row_s <= 0:
+        return max(0, wanted)
+    return int(min(wanted, max_cost * t1_s / row_s + 1e-9))  # + 1e-9: an exact fit is not lost to rounding
+
+
+def engine_curve(backend, model_id: str, context_len: int = 128, repeats: int = 3, variant: str = "") -> CostCurve:
+    """The start-up cost curve for this backend: cached per model, dtype, machine and kernel
+    variant (e.g. how many linear layers are row-batched), else measured."""
+    path = _cache_path(backend, model_id, f"{context_len}|{variant}")
     try:
         data = json.loads(path.read_text())
         return CostCurve(tuple(data["sizes"]), tuple(data["ratios"]), float(data["t1_s"]))
@@ -169,14 +227,8 @@ def engine_curve(backend, model_id: str, context_len: int = 128, repeats: int = 
     sizes = tuple(n for n in QUICK_SIZES if ctx + 1 + n <= backend.max_context)
     context = torch.randint(0, backend.vocab_size, (ctx,), generator=torch.Generator().manual_seed(0)).tolist()
     curve = CostCurve.from_measure(measure(backend, context, sizes=sizes, repeats=repeats, shapes=("tree",), warmup=1))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"model": model_id, "dtype": str(backend.dtype), "machine": machine_key(), "variant": variant,
-                                   "context": ctx, "sizes": curve.sizes, "ratios": curve.ratios, "t1_s": curve.t1_s}))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only means measuring again next time
+    _write_cache(path, {"model": model_id, "dtype": str(backend.dtype), "machine": machine_key(), "variant": variant,
+                        "context": ctx, "sizes": curve.sizes, "ratios": curve.ratios, "t1_s": curve.t1_s})
     return curve
 
 

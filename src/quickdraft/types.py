@@ -89,6 +89,9 @@ class Drafter(Protocol):
     requests (Token Recycling's adjacency matrix) but never across models."""
 
     prefill_logits: int  # observe_prefill wants the logits of the last this many prompt positions (0: none)
+    # ... whose LM head and top-k may take at most this many plain steps of time on this machine: the
+    # engine cuts prefill_logits to the rows that fit (measured at start; inf: no cut)
+    prefill_cost: float
 
     def start(self, prompt: Sequence[int]) -> None:
         """A new request begins with this prompt (token ids, root included)."""

@@ -11,6 +11,7 @@ from ..types import Draft, Verdict
 
 class BaseDrafter:
     prefill_logits = 0  # logits of the last this many prompt positions for observe_prefill
+    prefill_cost = float("inf")  # plain steps of time those rows may cost (the engine cuts them to fit)
     # propose(seq, b') returns the first b' nodes of propose(seq, b) for b' < b (best-first trees,
     # chains); the self-tuner then learns every smaller budget from each step. False if unsure.
     prefix_consistent = False

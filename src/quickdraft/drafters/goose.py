@@ -201,6 +201,8 @@ class Goose(BaseDrafter):
         rate_decay: float = 0.995  # per update of a kind's acceptance counts
         harvest_prompt: bool = True  # learn the table from the prompt's logits too
         harvest_rows: int = 256  # ... of at most this many last prompt positions (see recycling)
+        harvest_cost: float = 0.25  # ... cut to the rows whose LM head and top-k take at most this many
+        # plain steps here (the engine measures a row's cost at start; docs/tuning.md); inf: no cut
 
         def validate(self) -> None:
             if not (1 <= self.nodes <= 1024 and 0 <= self.start_nodes):
@@ -209,6 +211,8 @@ class Goose(BaseDrafter):
                 raise QuickdraftError("goose ngram_sizes must be positive lengths, e.g. --set ngram_sizes=4,3,2,1")
             if not 0 <= self.harvest_rows <= 1024:
                 raise QuickdraftError("goose needs 0 <= harvest_rows <= 1024; fix --set harvest_rows")
+            if not self.harvest_cost >= 0:
+                raise QuickdraftError("goose needs harvest_cost >= 0 (plain steps; inf for no cut); fix --set harvest_cost")
             if not (1 <= self.k <= 64 and 1 <= self.max_depth <= 64 and self.extend_min_ngram >= 1):
                 raise QuickdraftError("goose needs 1 <= k <= 64, 1 <= max_depth <= 64, extend_min_ngram >= 1; fix --set")
             if not 0 < self.rate_decay <= 1:
@@ -223,6 +227,7 @@ class Goose(BaseDrafter):
             raise QuickdraftError(f"goose k={config.k} exceeds the vocabulary ({vocab_size}); lower --set k")
         self.config = config
         self.prefill_logits = config.harvest_rows if config.harvest_prompt else 0
+        self.prefill_cost = config.harvest_cost
         self.k = config.k
         self.uni_tok = torch.full((vocab_size, self.k), -1, dtype=torch.long)  # [V, k]
         self.uni_p = torch.zeros(vocab_size, self.k)  # [V, k] softmax over the stored top-k logits

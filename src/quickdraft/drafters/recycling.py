@@ -104,6 +104,8 @@ class TokenRecycling(BaseDrafter):
         harvest_prompt: bool = True  # also learn from the prompt's logits (costs the LM head over those rows)
         harvest_rows: int = 256  # ... of at most this many last prompt positions (docs/tuning.md: a long
         # prompt's full harvest cost Qwen-0.5B seconds of prefill on an AVX2 CPU)
+        harvest_cost: float = 0.25  # ... cut to the rows whose LM head and top-k take at most this many
+        # plain steps here (the engine measures a row's cost at start; docs/tuning.md); inf: no cut
 
         def validate(self) -> None:
             if not (1 <= self.nodes <= 1024 and 1 <= self.k <= 64 and 1 <= self.max_depth <= 64):
@@ -112,6 +114,8 @@ class TokenRecycling(BaseDrafter):
                 raise QuickdraftError("recycling rank_probs must be numbers in (0, 1]; fix --set rank_probs")
             if not 0 <= self.harvest_rows <= 1024:
                 raise QuickdraftError("recycling needs 0 <= harvest_rows <= 1024; fix --set harvest_rows")
+            if not self.harvest_cost >= 0:
+                raise QuickdraftError("recycling needs harvest_cost >= 0 (plain steps; inf for no cut); fix --set harvest_cost")
 
     def __init__(self, config: "TokenRecycling.Config", vocab_size: int = 0, **env) -> None:
         if vocab_size <= 0:
@@ -120,6 +124,7 @@ class TokenRecycling(BaseDrafter):
             raise QuickdraftError(f"recycling k={config.k} exceeds the vocabulary ({vocab_size}); lower --set k")
         self.config = config
         self.prefill_logits = config.harvest_rows if config.harvest_prompt else 0
+        self.prefill_cost = config.harvest_cost
         self.k = config.k
         self.adjacency = torch.full((vocab_size, self.k), -1, dtype=torch.long)  # [V, k]
         self._templates: dict[int, tuple[Tensor, Tensor, list[Tensor], list[tuple[int, int]]]] = {}
