@@ -240,6 +240,10 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, capsys, tiny_folder, monkeyp
     assert engine.model.config._attn_implementation == attention.NAME
     assert stock is not engine and stock.model.config._attn_implementation == "sdpa"
     assert assistant.model.config._attn_implementation == "sdpa"
+    # the prompt rows recycling harvests (cut to its harvest_cost here); pld harvests none
+    rows = engine.drafter("recycling").prefill_logits
+    assert report["harvest"]["rows"] == {"recycling": rows} and report["harvest"]["row_ms"] >= 0
+    assert f"recycling {rows} rows" in md.split("## Overall")[0]
     # each engine method against each other baseline
     assert set(report["against"]) == {"hf", "hf-pld", "hf-assisted"} and set(report["against"]["hf"]) == {"ar", "pld", "recycling"}
     assert "## Against hf-pld" in md

@@ -290,7 +290,7 @@ def test_engine_cuts_the_prompt_harvest_to_what_fits(tiny_folder, tmp_path, monk
     model, tok, name = load(str(tiny_folder), torch.float32)
     eng = Engine(model, tok, name)
     t1 = eng.cost_curve().t1_s
-    eng._harvest_row_s = t1 / 40  # a row costs a 40th of a plain step
+    monkeypatch.setattr(eng, "harvest_row_s", lambda: t1 / 40)  # a row costs a 40th of a plain step
     for method in ("goose", "recycling"):
         assert eng.drafter(method).prefill_logits == 10  # the default: a quarter of a plain step
         assert eng.drafter(method, ["harvest_cost=2.5"]).prefill_logits == 100

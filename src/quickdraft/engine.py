@@ -5,7 +5,7 @@ The decoder underneath works on token ids only. Drafters are created once per en
 so state such as Token Recycling's adjacency matrix carries across requests of one engine. A
 drafter that harvests the prompt's logits (`prefill_logits` rows) gets them cut, at creation, to
 the rows whose LM head and top-k cost at most its `prefill_cost` plain steps on this machine (a
-row's cost and the plain step measured at start, cached): the rows cost ~0.2 ms each with AMX
+row's cost and the plain step measured at start, cached): the rows cost ~0.7 ms each with AMX
 and ~1.5 ms without it on Qwen-0.5B (docs/tuning.md).
 """
 

@@ -137,6 +137,14 @@ def _kernels(mm: dict | None) -> str:
             f"when a pass has several rows (--matmul {mm.get('mode')}); baselines run stock transformers")
 
 
+def _harvest_line(h: dict | None) -> list[str]:
+    if not h or not h.get("rows"):
+        return []
+    rows = ", ".join(f"{m} {n}" for m, n in h["rows"].items())
+    return [f"- Prompt harvest (the LM head's top-k over the prompt's last rows, cut to what each drafter's "
+            f"harvest_cost allows at {h['row_ms']} ms a row, measured at start): {rows} rows"]
+
+
 def markdown(report: dict) -> str:
     """The tables a person reads."""
     meth = report["methods"]
@@ -155,6 +163,7 @@ def markdown(report: dict) -> str:
         f"{mc.get('memory_gb')} GB; torch {mc.get('torch')}, transformers {mc.get('transformers')}, "
         f"Python {mc.get('python')}; native bf16 GEMM: {_f(mc.get('native_bf16_gemm'), '{}')}",
         f"- Matrix products: {_kernels(report.get('matmul'))}",
+        *_harvest_line(report.get("harvest")),
         f"- Memory bandwidth (measured): read {bw.get('read_gbps')} GB/s, copy {bw.get('copy_gbps')} GB/s; "
         f"weights read per token: {report['weight_bytes'] / 1e6:.0f} MB, so plain decoding is bounded by "
         f"{_f(report.get('limit_tokens_per_s'), '{:.1f}')} tok/s",

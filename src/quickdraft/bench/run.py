@@ -22,7 +22,7 @@ from ..errors import QuickdraftError
 from . import report as rep
 from .data import DEFAULT_DATA, load_questions, select
 from .machine import facts, weight_bytes
-from .runners import BASELINES, make_runner, needs_draft_model, unavailable
+from .runners import BASELINES, EngineRunner, make_runner, needs_draft_model, unavailable
 
 BASELINE = "ar"
 
@@ -282,8 +282,12 @@ def run_bench(args, command: str | None = None) -> dict:
     notes = list(dict.fromkeys(BASELINES[m].note for m in _baselines(methods) if BASELINES[m].note))
     if not engine.has_chat_template:
         notes.append(f"{engine.name} has no chat template: turns are joined as raw text.")
+    harvest = {m: runners[m].engine.drafter(runners[m].method, runners[m].settings).prefill_logits for m in methods
+               if isinstance(runners[m], EngineRunner)}
+    harvest = {m: n for m, n in harvest.items() if n > 0}
     report = {
         "model": engine.name, "dtype": args.dtype, "baseline": BASELINE,
+        "harvest": {"row_ms": round(engine.harvest_row_s() * 1e3, 3), "rows": harvest} if harvest else None,
         "matmul": {"mode": args.matmul, "batched_linears": engine.batched_linears,
                    "kernel": engine.matmul_kernel, "fused_linears": engine.fused_linears},
         "command": command or "quickdraft bench", "started": started,
