@@ -6,7 +6,7 @@ so state such as Token Recycling's adjacency matrix carries across requests of o
 drafter that harvests the prompt's logits (`prefill_logits` rows) gets them cut, at creation, to
 the rows whose LM head and top-k cost at most its `prefill_cost` plain steps on this machine (a
 row's cost and the plain step measured at start, cached): the rows cost ~0.7 ms each with AMX
-and ~1.5 ms without it on Qwen-0.5B (docs/tuning.md).
+and 1.4 ms without it on Qwen-0.5B (docs/tuning.md).
 """
 
 from __future__ import annotations

@@ -282,9 +282,8 @@ def run_bench(args, command: str | None = None) -> dict:
     notes = list(dict.fromkeys(BASELINES[m].note for m in _baselines(methods) if BASELINES[m].note))
     if not engine.has_chat_template:
         notes.append(f"{engine.name} has no chat template: turns are joined as raw text.")
-    harvest = {m: runners[m].engine.drafter(runners[m].method, runners[m].settings).prefill_logits for m in methods
-               if isinstance(runners[m], EngineRunner)}
-    harvest = {m: n for m, n in harvest.items() if n > 0}
+    harvest = {m: n for m in methods if isinstance(runners[m], EngineRunner)
+               and (n := engine.drafter(runners[m].method, runners[m].settings).prefill_logits) > 0}  # prompt rows
     report = {
         "model": engine.name, "dtype": args.dtype, "baseline": BASELINE,
         "harvest": {"row_ms": round(engine.harvest_row_s() * 1e3, 3), "rows": harvest} if harvest else None,
