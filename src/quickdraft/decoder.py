@@ -86,10 +86,13 @@ class Decoder:
             b = tuner.choose() if tuner is not None else budget
             td = time.perf_counter()
             # The pass adds root + n nodes to the cache; keep it inside the context.
-            draft = drafter.propose(seq, b) if b else Draft.empty()
-            keep = max(0, min(b, ctx - len(seq) - 1))
+            ask = tuner.reach(b) if tuner is not None else b  # more than b: the cut may keep a sure spine past b
+            draft = drafter.propose(seq, ask) if b else Draft.empty()
+            fits = max(0, ctx - len(seq) - 1)
+            keep = min(b, fits)
             if tuner is not None and draft.values is not None and draft.size and not tuner.exploring:
-                keep = tuner.trim(draft.values[:keep])  # the prefix that pays this step (probes are not cut)
+                # the prefix that pays this step (probes are not cut)
+                keep = tuner.trim_extended(draft.values[:min(ask, fits)], keep)
             draft = tree.truncate(draft, keep)
             draft_s = time.perf_counter() - td
             if stats.steps == 0:  # the prompt goes through the model with the first draft

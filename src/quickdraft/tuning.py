@@ -342,6 +342,7 @@ class BudgetTuner:
     clock: PassClock | None = None  # pass costs (shared by an engine's tuners); default: one from the curve
     time_every: int = 16  # while the clock has timed fewer than `time_plain` plain passes, every
     time_plain: float = 4.0  # `time_every`-th step is a plain one, so costs are relative to a measured T1
+    extend: int = 16  # prefix-consistent drafters: when the cut keeps the whole budget, it may go on to this many nodes
     candidates: tuple[int, ...] = field(init=False)
     arms: dict[int, Arm] = field(init=False)
     history: list[tuple[int, int, float]] = field(init=False)  # (budget, committed, cost) per arm update
@@ -418,6 +419,25 @@ class BudgetTuner:
         n = values.numel()
         gain = 1.0 + torch.cat([torch.zeros(1, dtype=torch.float64), values.double().cumsum(0)])  # [n+1]
         return int(torch.argmax(gain / self.clock.costs(n)[: n + 1]))  # the first maximum: the smaller k
+
+    def reach(self, b: int) -> int:
+        """How many nodes to ask the drafter for when the budget is b: up to `extend` (within the cap)
+        for a prefix-consistent drafter on a step that is cut, so that `trim_extended` can keep a
+        confident draft past b; b otherwise (exploring steps, plain steps, other drafters)."""
+        if b <= 0 or self.exploring or not self.prefix_consistent:
+            return b
+        return max(b, min(self.extend, self.cap))
+
+    def trim_extended(self, values: Tensor, b: int) -> int:
+        """The cut of a draft asked for with `reach(b)` (values [n], n >= b or the whole draft):
+        `trim` within the budget; only if that keeps all b nodes (the draft pays to its end), `trim`
+        over every node, never below b. So a draft whose values fall off is cut as before, and a
+        spine the drafter is sure of is scored as far as its values pay for the pass
+        (the clock's costs, staircases included)."""
+        k = self.trim(values[:b])
+        if k < b or values.numel() <= b:
+            return k
+        return max(b, self.trim(values))
 
     def step_cost(self, drafted: int, draft_s: float) -> float:
         return self.clock.cost(drafted) + draft_s / self.clock.t1()
