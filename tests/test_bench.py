@@ -221,11 +221,12 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, capsys, tiny_folder, monkeyp
     assert report["divergence"] == {m: [] for m in methods if m != "ar"}
     md = (out / "report.md").read_text()
     assert "## Speedup per category" in md and "hf-assisted" in md and "context" in md
-    # the engine's drafters record each step's budget and the nodes it scored (never more)
+    # the engine's drafters record each step's budget and the nodes it scored (none on a plain
+    # step; past the budget only as far as the tuner's reach, for a sure spine)
     for r in ok:
         if r["method"] in ("ar", "pld", "recycling"):
             assert len(r["budgets"]) == len(r["drafted"]) == r["steps"]
-            assert all(0 <= d <= b for d, b in zip(r["drafted"], r["budgets"]))
+            assert all(0 <= d <= (max(b, 16) if b else 0) for d, b in zip(r["drafted"], r["budgets"]))
         else:
             assert r["budgets"] is None and r["drafted"] is None
     assert o["ar"]["overall"]["drafted_median"] == 0 and o["ar"]["overall"]["plain_step_share"] == 1.0

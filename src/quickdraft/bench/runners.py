@@ -36,7 +36,7 @@ class Result:
     steps: int | None = None
     accepted: list[int] | None = None  # tokens committed per step, where known
     budgets: list[int] | None = None  # the draft budget of each step (the engine's drafters)
-    drafted: list[int] | None = None  # nodes scored each step (the budget's draft after the per-step cut)
+    drafted: list[int] | None = None  # nodes scored each step (the draft after the per-step cut; a sure spine may pass the budget)
 
 
 def cut_at_eos(tokens: list[int], eos_ids: set[int], max_new: int) -> list[int]:
