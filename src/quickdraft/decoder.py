@@ -53,7 +53,8 @@ class Decoder:
         """Generate after `prompt` (token ids, non-empty).
 
         budget: max draft nodes per step; with a tuner, the tuner chooses each step's budget instead
-        (a budget of 0 is a plain step: the drafter is not asked to draft, only to observe).
+        (a budget of 0 is a plain step: the drafter is not asked to draft, only to observe), and a
+        draft the cut finds sure to its end may go past it, up to `tuner.reach(budget)` nodes.
         clock: learns the time of every pass but the prefill (default: the tuner's, if any).
         """
         check_params(params)

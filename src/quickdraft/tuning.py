@@ -35,11 +35,18 @@ question with nothing to copy goes plain from its first steps, without waiting f
 to forget the previous question). Exploring steps are not cut, so node kinds the cut would drop
 keep being scored and their rates stay measured. lookahead gives no values: its window nodes pay
 later, in the n-grams they collect, which a cut by this step's acceptance would starve.
+Past the budget. The budget is chosen over many steps, so it stays below an expensive stair of the
+curve even when this step's spine is sure. A prefix-consistent drafter is therefore asked for
+`reach(b)` = up to `extend` (16) nodes on a cut step; `trim_extended` cuts within b as `trim` does and,
+only when that keeps all b nodes, lets the cut go as far as the values pay for (never below b).
+The step is credited to budget b with the cost of the nodes actually scored, so b's value is that
+of "b, extended where sure". Exploring steps ask for exactly b.
 
 Invariants: the tuner sees only counts, sizes and times, never token ids, so it cannot change
 outputs (losslessness is the verifier's). A fixed budget (`--set budget=N`) bypasses it.
 `best_budget_reference` (recompute every value from the full history) and `trim_reference` (try
-every prefix) are the slow obvious choices kept beside the fast paths and tested against them.
+every prefix) are the slow obvious choices kept beside the fast paths and tested against them
+(`trim_extended` against a composition of `trim_reference`s in tests/test_tuning.py).
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ class Stats:
     prefill_s: float = 0.0  # time to the first committed tokens (the pass that carries the prompt)
     decode_s: float = 0.0  # the remaining steps
     accepted_lengths: list[int] = field(default_factory=list)  # committed tokens per step
-    drafted: list[int] = field(default_factory=list)  # draft nodes per step
+    drafted: list[int] = field(default_factory=list)  # draft nodes scored per step (a self-tuned sure spine may pass the budget)
     budgets: list[int] = field(default_factory=list)  # the budget each step was given (chosen or fixed)
 
     @property
