@@ -11,9 +11,9 @@ bf16. For each METHOD (default recycling) four specs run on each question, after
   M-gated    the tuner's reach past the budget (`BudgetTuner.reach`) only once this answer has
              accepted a drafted token (a step committed more than one);
   M-both     both.
-Prints each question's speed over `ar`, then per spec the mean over questions, the mean per
-category, and the prefill and per-step times. "differs": a greedy output not equal to `ar`'s (bf16
-near-ties; docs/tuning.md).
+Prints each question's speed over `ar` (wall time of the whole answer, prefill included), then per
+spec the mean over questions and the mean per category. "differs": a greedy output not equal to
+`ar`'s (bf16 near-ties; docs/tuning.md). The loop is scripts/extend_ab.py's, with other specs.
 """
 
 import collections
