@@ -2,7 +2,7 @@
 engine changed: each variant is the same drafter under its own settings list (so its own drafter and
 tuner), patched here.
 
-Run: python scripts/short_answer_ab.py MODEL CATEGORIES PER_CATEGORY [METHODS]
+Run: python scripts/short_answer_ab.py MODEL CATEGORIES PER_CATEGORY [METHODS [VARIANTS]]
   e.g. python scripts/short_answer_ab.py qwen2.5-coder-0.5b-instruct translation,qa,rag,writing 5 recycling,goose
 First turn of the first PER_CATEGORY Spec-Bench questions of each category, 128 new tokens, greedy,
 bf16. For each METHOD (default recycling) four specs run on each question, after `ar`:
@@ -11,6 +11,7 @@ bf16. For each METHOD (default recycling) four specs run on each question, after
   M-gated    the tuner's reach past the budget (`BudgetTuner.reach`) only once this answer has
              accepted a drafted token (a step committed more than one);
   M-both     both.
+VARIANTS (comma-separated, default all four): which of shipped,noharv,gated,both to run.
 Prints each question's speed over `ar` (wall time of the whole answer, prefill included), then per
 spec the mean over questions and the mean per category. "differs": a greedy output not equal to
 `ar`'s (bf16 near-ties; docs/tuning.md). The loop is scripts/extend_ab.py's, with other specs.
@@ -32,6 +33,9 @@ if len(sys.argv) < 4:
     sys.exit(__doc__)
 model, cats, per = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 methods = sys.argv[4].split(",") if len(sys.argv) > 4 else ["recycling"]
+variants = sys.argv[5].split(",") if len(sys.argv) > 5 else ["shipped", "noharv", "gated", "both"]
+if set(variants) - {"shipped", "noharv", "gated", "both"}:
+    sys.exit(f"unknown variants {variants}: choose from shipped,noharv,gated,both")
 engine = Engine.load(model, torch.bfloat16)
 questions = [q for q in select(load_questions(), per_category=per) if q.category in cats]
 if not questions:
@@ -39,10 +43,10 @@ if not questions:
 params = SamplingParams(max_new_tokens=128)
 specs = {"ar": ("ar", None, False)}
 for m in methods:
-    specs[m] = (m, None, False)
-    specs[f"{m}-noharv"] = (m, ["harvest_prompt=false"], False)
-    specs[f"{m}-gated"] = (m, ["budget=auto"], True)
-    specs[f"{m}-both"] = (m, ["harvest_prompt=false", "budget=auto"], True)
+    for v, spec in (("shipped", (m, None, False)), ("noharv", (m, ["harvest_prompt=false"], False)),
+                    ("gated", (m, ["budget=auto"], True)), ("both", (m, ["harvest_prompt=false", "budget=auto"], True))):
+        if v in variants:
+            specs[m if v == "shipped" else f"{m}-{v}"] = spec
 
 
 def gate(tuner) -> dict:

@@ -361,3 +361,17 @@ def test_trim_extended_keeps_a_sure_spine_past_the_budget_and_matches_the_refere
         n, b = rng.randrange(1, 20), rng.randrange(1, 17)
         v = sorted((rng.random() ** rng.choice([0.05, 0.3, 1, 3]) for _ in range(n)), reverse=True)
         assert t.trim_extended(torch.tensor(v), b) == trim_extended_reference(STAIRS, v, b)
+
+
+def test_machine_key_names_kernel_caps(monkeypatch):
+    """A cap on oneDNN's ISA changes every timing, so cached curves must not be shared across it."""
+    from quickdraft.tuning import machine_key
+
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(var, raising=False)
+    plain = machine_key()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    capped = machine_key()
+    assert capped != plain and "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16" in capped
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")  # empty: no cap
+    assert machine_key() == plain

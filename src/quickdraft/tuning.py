@@ -155,7 +155,10 @@ def machine_key() -> str:
             cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu}|{os.cpu_count()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    # Environment caps on the kernels torch picks change every timing, so they are part of the key.
+    caps = "".join(f"|{v}={os.environ[v]}" for v in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+                   if os.environ.get(v))
+    return f"{cpu}|{os.cpu_count()}|threads={torch.get_num_threads()}|torch={torch.__version__}{caps}"
 
 
 def _cache_path(backend, model_id: str, what: str):
